@@ -1,0 +1,33 @@
+# Two commands on a fresh machine with Python 3.11 and pip: `make demo` and `make test`.
+# Both create .venv/ in the repo root if missing and install the project with its test extra.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python jobs/demo.py --out demo-out
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check depthseg jobs tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf demo-out .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,265 @@
+"""Where bytes live: local paths and ``s3://`` URIs, for fsspec/s3fs and for GDAL alike.
+
+One :class:`Storage` value travels with every job (it is a small frozen dataclass, so Ray
+pickles it to workers). It answers three questions for a URI:
+
+- which fsspec filesystem and path serve it (:meth:`Storage.fs`),
+- which path GDAL opens for it (``s3://b/k`` -> ``/vsis3/b/k``, :meth:`Storage.gdal_path`),
+- which GDAL configuration options make ``/vsis3/`` reach the same endpoint
+  (:meth:`Storage.gdal_options`).
+
+Nothing here reads environment variables on import; :meth:`S3Config.from_env` is called
+explicitly by the ``jobs/`` entry points.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import fsspec
+
+from depthseg.errors import InputError, StorageError
+
+T = TypeVar("T")
+
+_SCHEMES_LOCAL = ("", "file")
+_GDAL_CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+_SCHEMES_S3 = ("s3",)
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """How to reach an S3-compatible object store.
+
+    Attributes:
+        endpoint_url: Full URL of the S3 API (``http://127.0.0.1:9000``); None for AWS itself.
+        key: Access key id; None to let botocore find credentials (roles, profiles).
+        secret: Secret access key; None likewise.
+        region: Region name sent with signed requests.
+        anon: Unsigned requests (public buckets).
+    """
+
+    endpoint_url: str | None = None
+    key: str | None = None
+    secret: str | None = None
+    region: str = "us-east-1"
+    anon: bool = False
+
+    def __post_init__(self) -> None:
+        if self.endpoint_url is not None:
+            parsed = urlparse(self.endpoint_url)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise InputError(
+                    f"S3 endpoint {self.endpoint_url!r} is not a URL; expected "
+                    "http(s)://HOST:PORT, e.g. http://127.0.0.1:9000"
+                )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> S3Config:
+        """Read the standard AWS variables (``AWS_ENDPOINT_URL``, keys, region).
+
+        Args:
+            environ: Mapping to read instead of ``os.environ`` (for tests).
+        """
+        env = os.environ if environ is None else environ
+        return cls(
+            endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
+            key=env.get("AWS_ACCESS_KEY_ID") or None,
+            secret=env.get("AWS_SECRET_ACCESS_KEY") or None,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            anon=env.get("AWS_NO_SIGN_REQUEST", "").upper() in ("YES", "TRUE", "1"),
+        )
+
+    def fsspec_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``s3fs.S3FileSystem``."""
+        options: dict[str, Any] = {"anon": self.anon}
+        if self.key is not None:
+            options["key"] = self.key
+        if self.secret is not None:
+            options["secret"] = self.secret
+        client_kwargs: dict[str, Any] = {"region_name": self.region}
+        if self.endpoint_url is not None:
+            client_kwargs["endpoint_url"] = self.endpoint_url
+        options["client_kwargs"] = client_kwargs
+        # s3fs retries throttling and 5xx itself; give it a few more attempts than default.
+        options["config_kwargs"] = {"retries": {"max_attempts": 8, "mode": "adaptive"}}
+        return options
+
+    def gdal_options(self) -> dict[str, str]:
+        """GDAL configuration options that point ``/vsis3/`` at the same store."""
+        options: dict[str, str] = {
+            "AWS_REGION": self.region,
+            # Do not list a whole prefix to open one file.
+            "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+            "GDAL_HTTP_MAX_RETRY": "5",
+            "GDAL_HTTP_RETRY_DELAY": "0.5",
+        }
+        if self.anon:
+            options["AWS_NO_SIGN_REQUEST"] = "YES"
+        if self.key is not None:
+            options["AWS_ACCESS_KEY_ID"] = self.key
+        if self.secret is not None:
+            options["AWS_SECRET_ACCESS_KEY"] = self.secret
+        if self.endpoint_url is not None:
+            parsed = urlparse(self.endpoint_url)
+            options["AWS_S3_ENDPOINT"] = parsed.netloc
+            options["AWS_HTTPS"] = "YES" if parsed.scheme == "https" else "NO"
+            # Custom endpoints (moto, MinIO) serve path-style URLs.
+            options["AWS_VIRTUAL_HOSTING"] = "FALSE"
+        return options
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Access to local paths and ``s3://`` URIs with one set of settings.
+
+    Attributes:
+        s3: Settings for ``s3://`` URIs.
+    """
+
+    s3: S3Config = field(default_factory=S3Config)
+
+    @classmethod
+    def from_env(cls) -> Storage:
+        """Storage configured from the standard AWS environment variables."""
+        return cls(s3=S3Config.from_env())
+
+    def fs(self, uri: str | os.PathLike[str]) -> tuple[fsspec.AbstractFileSystem, str]:
+        """The filesystem serving ``uri`` and the path to use with it."""
+        text = os.fspath(uri)
+        scheme = scheme_of(text)
+        if scheme in _SCHEMES_LOCAL:
+            return fsspec.filesystem("file"), str(Path(text.removeprefix("file://")).absolute())
+        if scheme in _SCHEMES_S3:
+            return fsspec.filesystem("s3", **self.s3.fsspec_options()), text.removeprefix("s3://")
+        raise InputError(
+            f"URI {text!r} has scheme {scheme!r}; expected a local path or s3://BUCKET/KEY"
+        )
+
+    def gdal_path(self, uri: str | os.PathLike[str]) -> str:
+        """The path GDAL/rasterio opens for ``uri`` (``s3://b/k`` -> ``/vsis3/b/k``)."""
+        text = os.fspath(uri)
+        scheme = scheme_of(text)
+        if scheme in _SCHEMES_LOCAL:
+            return text.removeprefix("file://")
+        if scheme in _SCHEMES_S3:
+            return "/vsis3/" + text.removeprefix("s3://")
+        raise InputError(
+            f"URI {text!r} has scheme {scheme!r}; expected a local path or s3://BUCKET/KEY"
+        )
+
+    def gdal_options(self) -> dict[str, str]:
+        """GDAL options for ``rasterio.Env`` (S3 endpoint, credentials, retries)."""
+        return self.s3.gdal_options()
+
+    @contextmanager
+    def gdal_env(self) -> Iterator[None]:
+        """A ``rasterio.Env`` carrying :meth:`gdal_options`."""
+        # Local import: keeps `depthseg.io.storage` importable without GDAL loaded.
+        import rasterio
+        from rasterio.session import DummySession
+
+        options = self.gdal_options()
+        # rasterio refuses AWS keys as plain options, so they travel in a session object.
+        credentials = {k: options.pop(k) for k in list(options) if k in _GDAL_CREDENTIAL_KEYS}
+
+        class _StaticCredentials(DummySession):
+            def get_credential_options(self) -> dict[str, str]:
+                return credentials
+
+        with rasterio.Env(session=_StaticCredentials(), **options):
+            yield
+
+    def exists(self, uri: str) -> bool:
+        """Whether a file or prefix exists at ``uri``."""
+        fs, path = self.fs(uri)
+        return bool(with_retries(lambda: fs.exists(path)))
+
+    def read_bytes(self, uri: str) -> bytes:
+        """All bytes of the object at ``uri``."""
+        fs, path = self.fs(uri)
+        try:
+            return with_retries(lambda: fs.cat_file(path))
+        except FileNotFoundError as err:
+            raise StorageError(f"{uri!r} does not exist; check the path or URI") from err
+
+    def write_bytes_atomic(self, uri: str, data: bytes) -> None:
+        """Write ``data`` so that readers see either nothing or all of it.
+
+        Local files go to a temporary sibling and are renamed; an S3 PUT is atomic already.
+        """
+        fs, path = self.fs(uri)
+        if scheme_of(uri) in _SCHEMES_LOCAL:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(f"{path}.tmp-{os.getpid()}-{random.getrandbits(32):08x}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            return
+        with_retries(lambda: fs.pipe_file(path, data))
+
+    def upload(self, local_path: str | os.PathLike[str], uri: str) -> None:
+        """Copy a local file to ``uri`` (a local path or an object key)."""
+        fs, path = self.fs(uri)
+        if scheme_of(uri) in _SCHEMES_LOCAL:
+            self.write_bytes_atomic(uri, Path(local_path).read_bytes())
+            return
+        with_retries(lambda: fs.put_file(os.fspath(local_path), path))
+
+
+def scheme_of(uri: str) -> str:
+    """The URI scheme, ``""`` for plain paths (Windows drive letters count as paths)."""
+    parsed = urlparse(uri)
+    return "" if len(parsed.scheme) <= 1 else parsed.scheme.lower()
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a local path or URI with ``/``."""
+    if scheme_of(uri) in _SCHEMES_LOCAL:
+        return str(Path(uri.removeprefix("file://")).joinpath(*parts))
+    return posixpath.join(uri.rstrip("/"), *parts)
+
+
+_TRANSIENT = (ConnectionError, TimeoutError)
+
+
+def _is_transient(err: BaseException) -> bool:
+    if isinstance(err, _TRANSIENT):
+        return True
+    # botocore/aiobotocore raise their own classes; match them by name to avoid importing them.
+    name = type(err).__name__
+    return name in {
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ServerDisconnectedError",
+        "ClientOSError",
+        "ServiceUnavailable",
+        "SlowDown",
+    } or any(code in str(err) for code in ("SlowDown", "503", "500 Internal", "RequestTimeout"))
+
+
+def with_retries(
+    fn: Callable[[], T], attempts: int = 5, base_delay_s: float = 0.2, max_delay_s: float = 5.0
+) -> T:
+    """Call ``fn``, retrying transient storage errors with jittered exponential backoff.
+
+    Permanent errors (missing key, access denied) are raised at once.
+    """
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 - filtered by _is_transient
+            if attempt == attempts - 1 or not _is_transient(err):
+                raise
+            delay = min(max_delay_s, base_delay_s * 2**attempt)
+            time.sleep(delay * (0.5 + random.random()))
+    raise AssertionError("unreachable")
