@@ -1,0 +1,87 @@
+"""Pretrained weights at a path or URI -> a local file the model code can load.
+
+``depthseg/model`` loads only local files (it must run on a bare GPU box). Weights kept in
+object storage (``s3://bucket/weights/dinov2_vits14_pretrain.pth``, or a Hugging Face model
+folder for the Depth Anything teacher) are copied to a local cache first. The cache key holds
+the object's ETag/size, so a replaced object is fetched again. Nothing is ever downloaded
+from a model hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from depthseg.errors import InputError
+from depthseg.io.storage import Storage, scheme_of, with_retries
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/depthseg`` (``~/.cache/depthseg``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "depthseg"
+
+
+def _cache_slot(uri: str, fingerprint: str, cache_dir: Path | None) -> Path:
+    digest = hashlib.sha256(f"{uri}|{fingerprint}".encode()).hexdigest()[:20]
+    return (cache_dir or default_cache_dir()) / digest
+
+
+def fetch_file(uri: str, storage: Storage | None = None, cache_dir: Path | None = None) -> Path:
+    """A local path holding the file at ``uri`` (the path itself when it is local).
+
+    Raises:
+        InputError: the file or object does not exist.
+    """
+    storage = storage or Storage()
+    if scheme_of(uri) in ("", "file"):
+        path = Path(uri.removeprefix("file://"))
+        if not path.is_file():
+            raise InputError(f"weights file {uri!r} does not exist; give the path of the file")
+        return path
+    fs, key = storage.fs(uri)
+    try:
+        info = with_retries(lambda: fs.info(key))
+    except FileNotFoundError as err:
+        raise InputError(f"weights object {uri!r} does not exist; check the URI") from err
+    if info.get("type") == "directory":
+        raise InputError(f"{uri!r} is a prefix, not a file; give the URI of the weights file")
+    slot = _cache_slot(uri, f"{info.get('ETag')}|{info.get('size')}", cache_dir)
+    target = slot / Path(key).name
+    if not target.is_file():
+        slot.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        with_retries(lambda: fs.get_file(key, str(partial)))
+        os.replace(partial, target)
+    return target
+
+
+def fetch_dir(uri: str, storage: Storage | None = None, cache_dir: Path | None = None) -> Path:
+    """A local folder holding every object under the prefix ``uri`` (e.g. a HF model folder)."""
+    storage = storage or Storage()
+    if scheme_of(uri) in ("", "file"):
+        path = Path(uri.removeprefix("file://"))
+        if not path.is_dir():
+            raise InputError(f"model folder {uri!r} does not exist; give the folder's path")
+        return path
+    fs, prefix = storage.fs(uri)
+    prefix = prefix.rstrip("/")
+    listing = with_retries(lambda: fs.find(prefix, detail=True))
+    if not listing:
+        raise InputError(f"nothing found under {uri!r}; give the URI of the model folder")
+    fingerprint = "|".join(f"{k}:{v.get('ETag')}:{v.get('size')}" for k, v in sorted(listing.items()))
+    slot = _cache_slot(uri, fingerprint, cache_dir)
+    done = slot / ".complete"
+    if not done.exists():
+        staging = slot.with_name(slot.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        for key in listing:
+            target = staging / Path(key).relative_to(prefix)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with_retries(lambda key=key, target=target: fs.get_file(key, str(target)))
+        shutil.rmtree(slot, ignore_errors=True)
+        os.replace(staging, slot)
+        done.touch()
+    return slot
