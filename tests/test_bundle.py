@@ -119,4 +119,5 @@ def test_bundle_json_is_written_last(tiny, tmp_path, s3_storage, s3_prefix):
     fs, path = s3_storage.fs(uri)
     times = {Path(k).name: fs.info(k)["LastModified"] for k in fs.ls(path)}
     assert times["bundle.json"] >= times["weights.safetensors"]
-    assert json.loads(s3_storage.read_bytes(join(uri, "bundle.json")))["format"] == "depthseg-bundle"
+    manifest = json.loads(s3_storage.read_bytes(join(uri, "bundle.json")))
+    assert manifest["format"] == "depthseg-bundle"

@@ -22,7 +22,8 @@ def test_fetch_file_caches_and_refetches_a_replaced_object(tmp_path, s3_storage,
 
 
 def test_fetch_dir_copies_a_model_folder(tmp_path, s3_storage, s3_prefix):
-    for name, data in {"config.json": b"{}", "model.safetensors": b"abc", "sub/x.txt": b"x"}.items():
+    files = {"config.json": b"{}", "model.safetensors": b"abc", "sub/x.txt": b"x"}
+    for name, data in files.items():
         s3_storage.write_bytes_atomic(f"{s3_prefix}/teacher/{name}", data)
     local = fetch_dir(f"{s3_prefix}/teacher", s3_storage, cache_dir=tmp_path)
     assert (local / "config.json").read_bytes() == b"{}"

@@ -71,7 +71,9 @@ def fetch_dir(uri: str, storage: Storage | None = None, cache_dir: Path | None =
     listing = with_retries(lambda: fs.find(prefix, detail=True))
     if not listing:
         raise InputError(f"nothing found under {uri!r}; give the URI of the model folder")
-    fingerprint = "|".join(f"{k}:{v.get('ETag')}:{v.get('size')}" for k, v in sorted(listing.items()))
+    fingerprint = "|".join(
+        f"{key}:{meta.get('ETag')}:{meta.get('size')}" for key, meta in sorted(listing.items())
+    )
     slot = _cache_slot(uri, fingerprint, cache_dir)
     done = slot / ".complete"
     if not done.exists():

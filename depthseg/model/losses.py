@@ -1,0 +1,203 @@
+"""Training losses: L = w_D * L_D + w_cls * L_cls.
+
+* ``L_D = 1 - SSIM(predicted depth, teacher depth)``, averaged over the three depth scales.
+  The teacher (Depth Anything disparity, or a DSM/nDSM height) has arbitrary units, so each
+  image's teacher is first mapped to [0, 1] by a robust min-max over its valid pixels (the
+  2nd and 98th percentiles go to 0 and 1, values beyond are clipped); larger = closer to the
+  sensor = higher. The model's depth is a sigmoid, also in [0, 1], so SSIM's constants use
+  data range 1. For each scale the teacher is area-averaged to that scale's size.
+* SSIM uses a Gaussian window (11 x 11, sigma 1.5, as Wang et al. 2004) computed with
+  *normalised masked* local statistics: invalid teacher pixels (NaN / inf) get weight 0 and
+  each window's weights are renormalised over its valid pixels, so no-data and image borders
+  bias nothing; only pixels whose window is at least half valid are averaged.
+* ``L_cls`` is cross-entropy with ``ignore_index`` (255) excluded.
+
+Everything is computed in float32 whatever the autocast dtype. Models without depth outputs
+(depth prompter off, the DeepLabv3 baseline) get ``L_D = 0``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DEPTH_QUANTILES = (0.02, 0.98)
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+
+
+class LossParts(NamedTuple):
+    """Total loss and its parts (the parts detached from nothing: log them with ``.item()``)."""
+
+    loss: Tensor
+    l_depth: Tensor
+    l_cls: Tensor
+
+
+def normalize_teacher_depth(depth: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-image robust min-max of teacher depth to [0, 1].
+
+    Args:
+        depth: (B, 1, H, W) or (B, H, W) teacher depth, NaN/inf where invalid.
+
+    Returns:
+        ``(normalised, valid)``: (B, 1, H, W) float32 in [0, 1] (0 where invalid) and the
+        valid mask as float 0/1. An image whose valid range is empty or flat is all invalid.
+    """
+    d = depth.float()
+    if d.dim() == 3:
+        d = d.unsqueeze(1)
+    valid = torch.isfinite(d)
+    flat = torch.where(valid, d, torch.nan).flatten(1)  # (B, N)
+    q = torch.tensor(DEPTH_QUANTILES, device=d.device)
+    lo, hi = torch.nanquantile(flat, q, dim=1).view(2, -1, 1, 1, 1)  # each (B, 1, 1, 1)
+    span = hi - lo
+    usable = torch.isfinite(span) & (span > 0)
+    valid = valid & usable
+    norm = ((d - lo) / torch.where(usable, span, 1.0)).clamp(0, 1)
+    return torch.where(valid, norm, 0.0), valid.float()
+
+
+def gaussian_window(size: int, sigma: float, device: torch.device | None = None) -> Tensor:
+    """1-D Gaussian weights of length ``size`` summing to 1."""
+    x = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(
+    x: Tensor,
+    y: Tensor,
+    mask: Tensor | None = None,
+    window: int = SSIM_WINDOW,
+    sigma: float = SSIM_SIGMA,
+    data_range: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Masked SSIM per image.
+
+    Args:
+        x: (B, 1, H, W) prediction.
+        y: (B, 1, H, W) target.
+        mask: (B, 1, H, W) 0/1 validity of ``y``; all valid when ``None``.
+        window: Gaussian window size (odd).
+        sigma: Gaussian standard deviation.
+        data_range: Value range of the data (1 for [0, 1] depth).
+
+    Returns:
+        ``(ssim, has_valid)``: (B,) mean SSIM over valid pixels, and a (B,) bool telling
+        which images had any pixel to average (their SSIM is 0 otherwise).
+    """
+    x, y = x.float(), y.float()
+    m = torch.ones_like(y) if mask is None else mask.float()
+    g = gaussian_window(window, sigma, x.device)
+    gh, gw = g.view(1, 1, -1, 1), g.view(1, 1, 1, -1)
+
+    def blur(t: Tensor) -> Tensor:
+        # Separable Gaussian, zero padding: padded pixels carry mask 0 and are renormalised away.
+        t = F.conv2d(t, gh, padding=(window // 2, 0))
+        return F.conv2d(t, gw, padding=(0, window // 2))
+
+    weight = blur(m)
+    w = weight.clamp_min(1e-6)
+    mu_x, mu_y = blur(x * m) / w, blur(y * m) / w
+    var_x = (blur(x * x * m) / w - mu_x**2).clamp_min(0)
+    var_y = (blur(y * y * m) / w - mu_y**2).clamp_min(0)
+    cov = blur(x * y * m) / w - mu_x * mu_y
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    numerator = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    s = numerator / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    counted = m * (weight > 0.5)
+    n = counted.sum(dim=(1, 2, 3))
+    return (s * counted).sum(dim=(1, 2, 3)) / n.clamp_min(1), n > 0
+
+
+def depth_loss(
+    depths: list[Tensor], teacher: Tensor, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA
+) -> Tensor:
+    """L_D: mean over scales of 1 - SSIM(depth_s, teacher resized to scale s).
+
+    Args:
+        depths: Predicted depths (B, 1, h_s, w_s) in [0, 1], any number of scales.
+        teacher: (B, 1, H, W) or (B, H, W) raw teacher depth, NaN where invalid.
+        window: SSIM window size.
+        sigma: SSIM Gaussian sigma.
+
+    Returns:
+        Scalar loss; 0 when no image has a valid teacher pixel.
+    """
+    target, valid = normalize_teacher_depth(teacher)
+    losses = []
+    for pred in depths:
+        size = (pred.shape[-2], pred.shape[-1])
+        if (target.shape[-2], target.shape[-1]) == size:
+            t, v = target, valid
+        else:
+            # Area averages of value*mask and mask keep invalid pixels out of the resampling.
+            mass = F.adaptive_avg_pool2d(valid, size)
+            t = F.adaptive_avg_pool2d(target * valid, size) / mass.clamp_min(1e-6)
+            v = (mass > 0.5).float()
+        score, has_valid = ssim(pred, t, v, window, sigma)
+        if bool(has_valid.any()):
+            losses.append(1 - score[has_valid].mean())
+    if not losses:
+        return depths[0].sum() * 0.0 if depths else teacher.new_zeros((), dtype=torch.float32)
+    return torch.stack(losses).mean()
+
+
+class DepthSegLoss(nn.Module):
+    """L = w_D * (1 - SSIM) + w_cls * cross-entropy.
+
+    Args:
+        depth_weight: w_D (paper: 1).
+        cls_weight: w_cls (paper: 1).
+        ignore_index: Label excluded from the cross-entropy (255).
+        ssim_window: SSIM Gaussian window size.
+        ssim_sigma: SSIM Gaussian sigma.
+    """
+
+    def __init__(
+        self,
+        depth_weight: float = 1.0,
+        cls_weight: float = 1.0,
+        ignore_index: int = 255,
+        ssim_window: int = SSIM_WINDOW,
+        ssim_sigma: float = SSIM_SIGMA,
+    ) -> None:
+        super().__init__()
+        self.depth_weight = depth_weight
+        self.cls_weight = cls_weight
+        self.ignore_index = ignore_index
+        self.ssim_window = ssim_window
+        self.ssim_sigma = ssim_sigma
+
+    def forward(
+        self, logits: Tensor, depths: list[Tensor], labels: Tensor, teacher: Tensor | None = None
+    ) -> LossParts:
+        """Compute the loss.
+
+        Args:
+            logits: (B, K, H, W) class scores.
+            depths: Predicted depths, finest first (may be empty).
+            labels: (B, H, W) integer labels, ``ignore_index`` where unlabelled.
+            teacher: (B, 1, H, W) or (B, H, W) teacher depth, NaN where invalid; ``None``
+                (e.g. validation without teacher) gives ``l_depth = 0``.
+
+        Returns:
+            :class:`LossParts` (loss, l_depth, l_cls), float32 scalars.
+        """
+        labels = labels.long()
+        if labels.dim() == 4:
+            labels = labels.squeeze(1)
+        if bool((labels != self.ignore_index).any()):
+            l_cls = F.cross_entropy(logits.float(), labels, ignore_index=self.ignore_index)
+        else:  # cross_entropy of an all-ignored batch is NaN; keep the graph, add nothing
+            l_cls = logits.float().sum() * 0.0
+        if depths and teacher is not None:
+            l_depth = depth_loss(depths, teacher, self.ssim_window, self.ssim_sigma)
+        else:
+            l_depth = torch.zeros((), device=logits.device)
+        loss = self.depth_weight * l_depth + self.cls_weight * l_cls
+        return LossParts(loss, l_depth, l_cls)

@@ -1,0 +1,437 @@
+"""Depth teacher: pseudo-depth labels from Depth Anything, or heights from a DSM/nDSM.
+
+The depth loss is ``1 - SSIM``, which compares means and contrasts, so teacher depth
+and DSM heights must share one scale: both go through :func:`normalize_depth`.
+
+**Normalisation.** Per image, the 2nd and 98th percentiles of the valid, finite values
+map to 0 and 1, clipped to [0, 1]: percentiles so that outliers (a mast, a DSM spike)
+do not flatten the rest, per image because Depth Anything's output has an unknown
+scale and shift per image. It is invariant to ``a * d + b`` (``a > 0``). Larger means
+nearer the sensor, i.e. higher for nadir imagery: Depth Anything's relative output is
+already inverse depth (disparity), heights are used as they are, metric-depth models
+(distance) are negated. Invalid pixels get ``fill`` (NaN) so that losses can mask them;
+an image with zero percentile spread (flat terrain) maps to 0.
+
+**Input.** :meth:`DepthTeacher.predict` takes band-first ``(B, C, H, W)`` images.
+Depth Anything needs 8-bit RGB: ``rgb_indices`` picks red, green, blue (``(2, 1, 0)``
+for GaoFen-2's B, G, R, NIR) and non-``uint8`` input is stretched by :func:`to_uint8`.
+
+Weights come from a local Hugging Face directory only (an ``s3://`` model is first
+downloaded by :mod:`depthseg.io`); nothing is fetched from the Hub.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+from depthseg.errors import InputError
+
+# Depth Anything V1 and V2 were both trained on ImageNet-normalised RGB.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_PERCENTILES = (2.0, 98.0)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """How images are fed to the teacher and how its output is normalised.
+
+    Attributes:
+        input_size: Short side of the teacher's input in pixels, a multiple of the
+            model's patch size (518 as Depth Anything was trained); the long side keeps
+            the aspect ratio, rounded to a multiple of the patch. ``None`` keeps the
+            native size, rounded to the patch, which preserves fine detail of large tiles.
+        rgb_indices: Band indices of red, green, blue in the input, e.g. ``(2, 1, 0)``
+            for B, G, R, NIR; ``None`` if the input already is 3-band RGB.
+        stretch_percentiles: Percentiles mapped to 0 and 255 by :func:`to_uint8`.
+        depth_percentiles: Percentiles mapped to 0 and 1 by :func:`normalize_depth`.
+    """
+
+    input_size: int | None = 518
+    rgb_indices: tuple[int, int, int] | None = None
+    stretch_percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    depth_percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+
+    def __post_init__(self) -> None:
+        if self.input_size is not None and self.input_size < 1:
+            raise InputError(f"input_size={self.input_size} is not positive; use e.g. 518")
+        rgb = self.rgb_indices
+        if rgb is not None and (len(rgb) != 3 or len(set(rgb)) != 3 or min(rgb) < 0):
+            raise InputError(
+                f"rgb_indices={self.rgb_indices} is not 3 distinct band indices; "
+                "use e.g. (2, 1, 0) for B, G, R, NIR imagery"
+            )
+        _check_percentiles(self.stretch_percentiles, "stretch_percentiles")
+        _check_percentiles(self.depth_percentiles, "depth_percentiles")
+
+
+def tiny_teacher_config(
+    version: Literal["v1", "v2"], depth_estimation_type: Literal["relative", "metric"] = "relative"
+) -> DepthAnythingConfig:
+    """A Depth Anything config small enough to initialise randomly in tests and the demo.
+
+    The real layout scaled down (DINOv2 width 32, 8 blocks, patch 14): V1 taps the last
+    four blocks (real V1-S: 9-12), V2 four evenly spaced ones (real V2-S: 3, 6, 9, 12).
+    ``depth_estimation_type="metric"`` gives a head that outputs distances (V2 metric).
+
+    Raises:
+        InputError: For an unknown version or depth type.
+    """
+    match version:
+        case "v1":
+            out_indices = [5, 6, 7, 8]
+        case "v2":
+            out_indices = [2, 4, 6, 8]
+        case _:
+            raise InputError(f"Depth Anything version {version!r} is unknown; use 'v1' or 'v2'")
+    if depth_estimation_type not in ("relative", "metric"):
+        raise InputError(
+            f"depth_estimation_type={depth_estimation_type!r} is unknown; "
+            "use 'relative' or 'metric'"
+        )
+    width = 32
+    backbone = Dinov2Config(
+        hidden_size=width,
+        num_hidden_layers=8,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        image_size=98,  # position embeddings are interpolated to any input size
+        patch_size=14,
+        # The kwarg works in transformers 4.x and 5.x; 5.x's type stubs only know _out_indices.
+        out_indices=out_indices,  # type: ignore[call-arg]
+        reshape_hidden_states=False,
+    )
+    return DepthAnythingConfig(
+        backbone_config=backbone,
+        patch_size=14,
+        reassemble_hidden_size=width,
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+        head_hidden_size=8,
+        depth_estimation_type=depth_estimation_type,
+        max_depth=80 if depth_estimation_type == "metric" else 1,
+    )
+
+
+def load_teacher_model(path: str | Path) -> DepthAnythingForDepthEstimation:
+    """Load Depth Anything (V1 or V2) on the CPU, in eval mode, from a local directory.
+
+    ``path`` holds ``config.json`` and ``model.safetensors`` as ``save_pretrained`` wrote.
+
+    Raises:
+        InputError: If the path is a URI, does not exist, has no readable config.json, is
+            not a Depth Anything model, or lacks some of the model's weights.
+    """
+    text = str(path)
+    if "://" in text:
+        raise InputError(
+            f"teacher path {text} is a URI; download it with depthseg.io first and pass "
+            "the local directory"
+        )
+    folder = Path(text).expanduser()
+    hint = "pass a local Depth Anything directory saved with save_pretrained"
+    if not folder.is_dir():
+        raise InputError(f"teacher directory {folder} does not exist or is not a directory; {hint}")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise InputError(f"teacher directory {folder} has no config.json; {hint}")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise InputError(f"{config_file} is not a JSON object ({err}); {hint}") from err
+    if model_type != "depth_anything":
+        raise InputError(
+            f"teacher directory {folder} holds a {model_type!r} model, expected model_type "
+            f"'depth_anything' (Depth Anything V1/V2); {hint}"
+        )
+    try:
+        # With output_loading_info the result is a (model, info) pair, which the stubs miss.
+        loaded: Any = DepthAnythingForDepthEstimation.from_pretrained(
+            folder, local_files_only=True, output_loading_info=True
+        )
+    except OSError as err:
+        raise InputError(
+            f"teacher directory {folder} has no readable weights (model.safetensors); {hint}"
+        ) from err
+    model, info = loaded
+    # A partly random teacher would silently give garbage pseudo-labels; the mask token
+    # is only used in DINOv2 pre-training, so checkpoints may omit it.
+    missing = sorted(k for k in info["missing_keys"] if "mask_token" not in k)
+    if missing:
+        raise InputError(
+            f"teacher weights in {folder} lack {len(missing)} tensors (e.g. {missing[0]}); "
+            "the weights do not match config.json: re-export the model with save_pretrained"
+        )
+    return model.eval()
+
+
+class DepthTeacher:
+    """Depth Anything wrapped to turn image batches into normalised pseudo-depth.
+
+    Loads once, then :meth:`predict` runs on the model's device under
+    ``torch.inference_mode()``, in bf16 autocast on CUDA.
+    """
+
+    def __init__(
+        self, model: DepthAnythingForDepthEstimation, config: TeacherConfig | None = None
+    ) -> None:
+        """Wrap (and freeze) an already-built model, on any device.
+
+        Raises:
+            InputError: If ``model`` is not Depth Anything or ``config.input_size`` is not
+                a multiple of its patch size.
+        """
+        if not isinstance(model, DepthAnythingForDepthEstimation):
+            raise InputError(
+                f"teacher model is a {type(model).__name__}, expected "
+                "DepthAnythingForDepthEstimation; load it with load_teacher_model(path)"
+            )
+        self.config = config or TeacherConfig()
+        patch = model.config.patch_size
+        self.patch_size = p = int(patch if isinstance(patch, int) else patch[0])
+        size = self.config.input_size
+        if size is not None and size % p:
+            raise InputError(
+                f"teacher input_size={size} is not a multiple of the patch size {p}; "
+                f"use e.g. {max(1, round(size / p)) * p}"
+            )
+        # Metric heads output distance (larger = farther): negate so larger = nearer.
+        self.sign = -1.0 if model.config.depth_estimation_type == "metric" else 1.0
+        self.model = model.eval().requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        config: TeacherConfig | None = None,
+        device: str | torch.device = "cpu",
+    ) -> DepthTeacher:
+        """Load the teacher from a local directory (see :func:`load_teacher_model`)."""
+        model = load_teacher_model(path)
+        module: torch.nn.Module = model  # PreTrainedModel.to's decorator confuses mypy
+        module.to(device)  # in place
+        return cls(model, config)
+
+    @property
+    def device(self) -> torch.device:
+        """Device the model lives on; inputs are moved there."""
+        return next(self.model.parameters()).device
+
+    def model_input_size(self, height: int, width: int) -> tuple[int, int]:
+        """Teacher input ``(height, width)`` for an image of that size, patch multiples."""
+        short = self.config.input_size
+        scale = 1.0 if short is None else short / min(height, width)
+        p = self.patch_size
+        return (max(p, round(height * scale / p) * p), max(p, round(width * scale / p) * p))
+
+    def predict(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised pseudo-depth of an image batch.
+
+        Args:
+            images: ``(B, C, H, W)``, band first: ``uint8`` RGB, or any band count and
+                integer dtype with ``config.rgb_indices`` (non-``uint8`` is stretched by
+                :func:`to_uint8`).
+            valid: Optional ``(B, H, W)`` or ``(B, 1, H, W)`` bool mask of pixels with data.
+
+        Returns:
+            ``(B, 1, H, W)`` float32 in [0, 1], larger = nearer/higher; pixels outside
+            ``valid`` are NaN. An ordinary tensor (not an inference tensor), on the
+            model's device, usable as a loss target.
+
+        Raises:
+            InputError: On a wrong shape, band count or ``rgb_indices``.
+        """
+        device = self.device
+        rgb = self._rgb_uint8(images.to(device), None if valid is None else valid.to(device))
+        height, width = rgb.shape[-2:]
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        with torch.inference_mode():
+            x = rgb.float() / 255.0
+            # Bicubic with antialias is what Depth Anything's own preprocessing does (PIL).
+            x = F.interpolate(
+                x, self.model_input_size(height, width), mode="bicubic", antialias=True
+            ).clamp_(0.0, 1.0)
+            x = (x - mean) / std  # (B, 3, h, w)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                raw = self.model(pixel_values=x).predicted_depth  # (B, h, w)
+            raw = self.sign * raw.float().unsqueeze(1)
+            raw = F.interpolate(raw, (height, width), mode="bilinear", align_corners=False)
+            depth = normalize_depth(raw, valid, self.config.depth_percentiles)
+        return depth.clone()  # leaves inference mode: usable in autograd downstream
+
+    def _rgb_uint8(self, images: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """Select RGB bands and stretch to uint8, refusing shapes it cannot read."""
+        if images.ndim != 4:
+            raise InputError(
+                f"teacher images have shape {tuple(images.shape)}, expected (B, C, H, W); "
+                "add a batch axis with images[None]"
+            )
+        bands, indices = images.shape[1], self.config.rgb_indices
+        if indices is None and bands != 3:
+            last = images.shape[-1] in (3, 4) and bands > 4
+            hint = "; they look channel-last: use images.permute(0, 3, 1, 2)" if last else ""
+            raise InputError(
+                f"teacher images have {bands} bands, expected 3 (RGB); set "
+                f"TeacherConfig.rgb_indices, e.g. (2, 1, 0) for B, G, R, NIR{hint}"
+            )
+        if indices is not None:
+            if max(indices) >= bands:
+                raise InputError(
+                    f"rgb_indices={indices} but the images have {bands} bands; "
+                    f"use indices below {bands}"
+                )
+            images = images[:, list(indices)]
+        if images.is_floating_point():
+            raise InputError(
+                f"teacher images have dtype {images.dtype}, expected integer digital numbers "
+                "(uint8, or 10/16-bit which is stretched); pass the raw pixel values"
+            )
+        return to_uint8(images, valid, self.config.stretch_percentiles)
+
+
+def normalize_depth(
+    depth: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    fill: float = float("nan"),
+) -> torch.Tensor:
+    """Map each image's depth/height to [0, 1] by a robust percentile stretch.
+
+    Used for teacher depth and DSM/nDSM heights alike (see the module docstring).
+
+    Args:
+        depth: ``(B, 1, H, W)``, larger = nearer/higher; NaN/inf count as invalid.
+        valid: Optional bool mask, ``(B, H, W)`` or ``(B, 1, H, W)``.
+        percentiles: Lower and upper percentiles mapped to 0 and 1.
+        fill: Value of invalid pixels.
+
+    Returns:
+        ``(B, 1, H, W)`` float32 in [0, 1] at valid pixels, ``fill`` elsewhere.
+
+    Raises:
+        InputError: On a wrong shape or bad percentiles.
+    """
+    _check_percentiles(percentiles, "percentiles")
+    _check_depth_shape(depth)
+    values = depth.float()
+    ok = torch.isfinite(values) & _mask(valid, values)
+    lo, hi = _percentile_range(values, ok, percentiles)  # (B, 1, 1, 1) each
+    spread = hi - lo
+    # Relative tolerance: a spread at float32 rounding level of the values is flat.
+    tiny = 8 * torch.finfo(torch.float32).eps * torch.maximum(lo.abs(), hi.abs())
+    flat = spread <= tiny
+    scaled = ((values - lo) / torch.where(flat, torch.ones_like(spread), spread)).clamp(0.0, 1.0)
+    scaled = torch.where(flat, torch.zeros_like(scaled), scaled)
+    return torch.where(ok, scaled, torch.full_like(scaled, fill))
+
+
+def depth_from_height(
+    height_m: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    fill: float = float("nan"),
+) -> torch.Tensor:
+    """Normalised pseudo-depth from a DSM/nDSM, the alternative to the teacher.
+
+    ``height_m`` is ``(B, 1, H, W)`` in metres (NaN/inf invalid); other arguments and
+    the result are as in :func:`normalize_depth`, i.e. the form of
+    :meth:`DepthTeacher.predict`. Negative heights are clipped to 0: in an nDSM they are
+    ground-filtering noise (for a DSM below sea level, subtract a ground level first).
+    """
+    _check_depth_shape(height_m)
+    heights = height_m.float()
+    # Decide validity before clipping, which would turn -inf into a valid 0.
+    ok = torch.isfinite(heights) & _mask(valid, heights)
+    return normalize_depth(heights.clamp(min=0.0), ok, percentiles, fill)
+
+
+def to_uint8(
+    images: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+) -> torch.Tensor:
+    """Stretch ``(B, C, H, W)`` 10/16-bit imagery to uint8, per image and per band.
+
+    Each band's ``percentiles`` over the ``valid`` pixels map to 0 and 255 (QGIS's
+    cumulative cut); invalid pixels become 0. Per band because GaoFen-2's blue band
+    carries a haze offset that a joint stretch would keep as a colour cast. ``uint8``
+    input is returned unchanged.
+    """
+    if images.dtype == torch.uint8:
+        return images
+    _check_percentiles(percentiles, "percentiles")
+    if images.ndim != 4:
+        raise InputError(f"images have shape {tuple(images.shape)}, expected (B, C, H, W)")
+    values = images.float()
+    ok = torch.isfinite(values) & _mask(valid, values)
+    lo, hi = _percentile_range(values, ok, percentiles)  # (B, C, 1, 1)
+    scale = 255.0 / (hi - lo).clamp(min=torch.finfo(torch.float32).tiny)
+    out = ((values - lo) * scale).clamp(0.0, 255.0).round()
+    return torch.where(ok, out, torch.zeros_like(out)).to(torch.uint8)
+
+
+def _check_depth_shape(depth: torch.Tensor) -> None:
+    """Refuse depth/height maps that are not ``(B, 1, H, W)``."""
+    if depth.ndim != 4 or depth.shape[1] != 1:
+        raise InputError(
+            f"depth has shape {tuple(depth.shape)}, expected (B, 1, H, W); "
+            "add the channel axis with depth.unsqueeze(1)"
+        )
+
+
+def _mask(valid: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """``valid`` as a bool mask broadcastable to ``like`` (B, C, H, W)."""
+    if valid is None:
+        return torch.ones((), dtype=torch.bool, device=like.device)
+    mask = valid.to(like.device, torch.bool)
+    if mask.ndim == 3:
+        mask = mask.unsqueeze(1)
+    b, _, h, w = like.shape
+    if tuple(mask.shape) != (b, 1, h, w):
+        raise InputError(
+            f"valid mask has shape {tuple(valid.shape)}, expected ({b}, {h}, {w}) or "
+            f"({b}, 1, {h}, {w}); pass one mask per image"
+        )
+    return mask
+
+
+def _percentile_range(
+    values: torch.Tensor, ok: torch.Tensor, percentiles: tuple[float, float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (image, band) percentiles of the ``ok`` values, each shaped (B, C, 1, 1).
+
+    One batched sort instead of ``torch.quantile``, which cannot mask and refuses more
+    than 2**24 values (a 4096 px chunk); linear interpolation as numpy's default.
+    Slices without any ok value get (0, 0): the caller fills all their pixels.
+    """
+    b, c = values.shape[:2]
+    ok = ok.expand_as(values).flatten(2)  # (B, C, N)
+    # Masked values sort last as +inf; only the first `count` ranks are read.
+    ranked = torch.where(ok, values.flatten(2), torch.inf).sort(dim=-1).values
+    last = (ok.sum(-1, keepdim=True) - 1).clamp(min=0)  # (B, C, 1)
+    q = torch.tensor(percentiles, dtype=torch.float64, device=values.device) / 100.0
+    pos = q * last  # float64: exact ranks beyond float32's 2**24
+    below = pos.floor().long()
+    above = torch.minimum(below + 1, last)
+    low, high = ranked.gather(-1, below), ranked.gather(-1, above)
+    edges = low + (pos - below).float() * (high - low)  # (B, C, 2)
+    edges = torch.where(ok.any(-1, keepdim=True), edges, torch.zeros_like(edges))
+    return edges[..., 0].view(b, c, 1, 1), edges[..., 1].view(b, c, 1, 1)
+
+
+def _check_percentiles(percentiles: tuple[float, float], name: str) -> None:
+    """Refuse percentile pairs that are not ``0 <= lo < hi <= 100``."""
+    lo, hi = percentiles
+    if not (0.0 <= lo < hi <= 100.0 and math.isfinite(lo) and math.isfinite(hi)):
+        raise InputError(
+            f"{name}={percentiles} is not a pair 0 <= low < high <= 100; use e.g. (2, 98)"
+        )

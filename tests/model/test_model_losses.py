@@ -1,0 +1,93 @@
+"""Losses: SSIM, teacher normalisation, masking of NaN depth and ignored labels."""
+
+from __future__ import annotations
+
+import torch
+
+from depthseg.model import DepthSegLoss
+from depthseg.model.losses import depth_loss, normalize_teacher_depth, ssim
+
+
+def _ramp(h=40, w=48, batch=2):
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return (torch.sin(yy / 5.0) + xx / w).float().expand(batch, 1, h, w).clone()
+
+
+def test_ssim_of_identical_maps_is_one_and_of_different_maps_less():
+    x = torch.rand(2, 1, 32, 32)
+    score, has_valid = ssim(x, x)
+    torch.testing.assert_close(score, torch.ones(2))
+    assert has_valid.all()
+    assert (ssim(x, torch.rand(2, 1, 32, 32))[0] < 0.5).all()
+
+
+def test_teacher_normalisation_is_affine_invariant_and_in_unit_range():
+    t = _ramp()
+    a, _ = normalize_teacher_depth(t)
+    b, _ = normalize_teacher_depth(37.0 * t - 5.0)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert a.min() == 0 and a.max() == 1
+
+
+def test_flat_or_empty_teacher_images_are_invalid():
+    t = _ramp()
+    t[0] = 3.0
+    t[1] = torch.nan
+    _, valid = normalize_teacher_depth(t)
+    assert valid.sum() == 0
+
+
+def test_depth_loss_is_zero_for_a_perfect_prediction_at_every_scale():
+    t = _ramp()
+    target, _ = normalize_teacher_depth(t)
+    preds = [target, torch.nn.functional.adaptive_avg_pool2d(target, (20, 24))]
+    assert depth_loss(preds, t) < 1e-3
+    assert depth_loss([torch.rand_like(target)], t) > 0.5
+
+
+def test_nan_teacher_pixels_do_not_reach_the_loss():
+    t = _ramp(h=64, w=64, batch=1)
+    t[..., :, 32:] = torch.nan
+    pred = torch.rand(1, 1, 64, 64, requires_grad=True)
+    loss = depth_loss([pred], t)
+    assert torch.isfinite(loss)
+    loss.backward()
+    # Pixels farther than the window radius (5) from any valid pixel get no gradient.
+    assert pred.grad[..., 38:].abs().max() == 0
+    assert pred.grad[..., :32].abs().max() > 0
+    # NaN pixels weigh exactly like pixels beyond the image border: same loss as the crop.
+    cropped = depth_loss([pred.detach()[..., :32]], t[..., :32])
+    torch.testing.assert_close(loss.detach(), cropped)
+
+
+def test_all_invalid_teacher_gives_zero_depth_loss_with_a_graph():
+    pred = torch.rand(2, 1, 16, 16, requires_grad=True)
+    loss = depth_loss([pred], torch.full((2, 16, 16), torch.nan))
+    assert loss == 0
+    loss.backward()
+
+
+def test_cross_entropy_ignores_255_and_survives_all_ignored_batches():
+    logits = torch.randn(2, 7, 8, 8, requires_grad=True)
+    labels = torch.randint(0, 7, (2, 8, 8))
+    labels[:, :4] = 255
+    loss_fn = DepthSegLoss()
+    base = loss_fn(logits, [], labels).l_cls
+    changed = logits.detach().clone()
+    changed[:, :, :4] = 100.0  # only ignored pixels change
+    torch.testing.assert_close(loss_fn(changed, [], labels).l_cls, base.detach())
+    empty = loss_fn(logits, [], torch.full((2, 8, 8), 255)).loss
+    assert empty == 0 and torch.isfinite(empty)
+    empty.backward()
+
+
+def test_total_is_the_weighted_sum_and_depthless_models_have_no_depth_term():
+    t = _ramp(h=16, w=16)
+    logits = torch.randn(2, 7, 16, 16)
+    labels = torch.randint(0, 7, (2, 16, 16)).to(torch.uint8)
+    depths = [torch.rand(2, 1, 16, 16), torch.rand(2, 1, 8, 8), torch.rand(2, 1, 4, 4)]
+    parts = DepthSegLoss(depth_weight=0.5, cls_weight=2.0)(logits, depths, labels, t[:, 0])
+    torch.testing.assert_close(parts.loss, 0.5 * parts.l_depth + 2.0 * parts.l_cls)
+    assert parts.l_depth > 0
+    assert DepthSegLoss()(logits, [], labels, t).l_depth == 0
+    assert DepthSegLoss()(logits, depths, labels, None).l_depth == 0
