@@ -84,3 +84,17 @@ def synthetic_region_rgb(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN
     from depthseg.synthetic import make_region
 
     return make_region(tmp_path_factory.mktemp("region_rgb"), size=768, seed=1, dtype="uint8")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep fetched weights out of the user's ~/.cache during tests."""
+    import os
+
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old

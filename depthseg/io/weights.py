@@ -9,12 +9,20 @@ from a model hub.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
 
 from depthseg.errors import InputError
+from depthseg.model import ModelConfig, build_model
+
+if TYPE_CHECKING:
+    from depthseg.model.teacher import DepthTeacher, TeacherConfig
 from depthseg.io.storage import Storage, scheme_of, with_retries
 
 
@@ -87,3 +95,37 @@ def fetch_dir(uri: str, storage: Storage | None = None, cache_dir: Path | None =
         os.replace(staging, slot)
         done.touch()
     return slot
+
+
+def resolve_model_config(config: ModelConfig, storage: Storage | None = None) -> ModelConfig:
+    """``config`` with an ``s3://`` encoder weights URI replaced by a local cached copy.
+
+    ``depthseg.model.build_model`` loads local files only; call this first wherever a config
+    may name weights in object storage.
+    """
+    weights = config.encoder.weights
+    if weights is None or scheme_of(str(weights)) in ("", "file"):
+        return config
+    local = fetch_file(str(weights), storage)
+    return dataclasses.replace(
+        config, encoder=dataclasses.replace(config.encoder, weights=str(local))
+    )
+
+
+def build_model_from_uri(config: ModelConfig, storage: Storage | None = None) -> torch.nn.Module:
+    """:func:`depthseg.model.build_model`, with encoder weights at a path or ``s3://`` URI."""
+    return build_model(resolve_model_config(config, storage))
+
+
+def load_teacher(
+    uri: str,
+    storage: Storage | None = None,
+    config: TeacherConfig | None = None,
+    device: str | torch.device = "cpu",
+) -> DepthTeacher:
+    """A Depth Anything teacher from a local folder or an ``s3://`` prefix (HF format)."""
+    # Local import: transformers is slow to import and only preparation needs the teacher.
+    from depthseg.model.teacher import DepthTeacher, TeacherConfig
+
+    local = fetch_dir(uri, storage)
+    return DepthTeacher.from_pretrained(local, config or TeacherConfig(), device)

@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DEPTH_QUANTILES = (0.02, 0.98)
+from depthseg.model.depthnorm import normalize_depth
+
+DEPTH_PERCENTILES = (2.0, 98.0)
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 
@@ -38,26 +40,28 @@ class LossParts(NamedTuple):
 
 
 def normalize_teacher_depth(depth: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-image robust min-max of teacher depth to [0, 1].
+    """Per-image robust min-max of teacher depth to [0, 1], with a validity mask for L_D.
+
+    The scaling is :func:`depthseg.model.depthnorm.normalize_depth`, the same one the teacher
+    and DSM heights go through when chips are prepared (so re-applying it to prepared chips is
+    a no-op up to rounding).
 
     Args:
         depth: (B, 1, H, W) or (B, H, W) teacher depth, NaN/inf where invalid.
 
     Returns:
         ``(normalised, valid)``: (B, 1, H, W) float32 in [0, 1] (0 where invalid) and the
-        valid mask as float 0/1. An image whose valid range is empty or flat is all invalid.
+        valid mask as float 0/1. An image whose valid range is empty or flat is all invalid:
+        it has no structure for SSIM to match.
     """
     d = depth.float()
     if d.dim() == 3:
         d = d.unsqueeze(1)
-    valid = torch.isfinite(d)
-    flat = torch.where(valid, d, torch.nan).flatten(1)  # (B, N)
-    q = torch.tensor(DEPTH_QUANTILES, device=d.device)
-    lo, hi = torch.nanquantile(flat, q, dim=1).view(2, -1, 1, 1, 1)  # each (B, 1, 1, 1)
-    span = hi - lo
-    usable = torch.isfinite(span) & (span > 0)
-    valid = valid & usable
-    norm = ((d - lo) / torch.where(usable, span, 1.0)).clamp(0, 1)
+    norm = normalize_depth(d, percentiles=DEPTH_PERCENTILES)  # NaN where invalid
+    valid = torch.isfinite(norm)
+    # normalize_depth maps a flat image to 0 everywhere: no valid pixel above 0 means flat.
+    has_range = (torch.where(valid, norm, 0.0) > 0).flatten(1).any(1).view(-1, 1, 1, 1)
+    valid = valid & has_range
     return torch.where(valid, norm, 0.0), valid.float()
 
 
