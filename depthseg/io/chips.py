@@ -74,7 +74,9 @@ class ChipSchema:
 
     def __post_init__(self) -> None:
         if self.num_chips < 1:
-            raise InputError(f"a chip store needs at least one chip, got num_chips={self.num_chips}")
+            raise InputError(
+                f"a chip store needs at least one chip, got num_chips={self.num_chips}"
+            )
         if self.input_dtype not in ("uint8", "uint16"):
             raise InputError(
                 f"chip input_dtype {self.input_dtype!r} is not supported; expected uint8 or uint16"
