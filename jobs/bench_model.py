@@ -63,7 +63,9 @@ def bench_train(preset: str, device: torch.device, size: int, steps: int) -> dic
     config = load_config(REPO_ROOT / "configs" / f"{preset}.yaml")
     model = build_model(config.model).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=config.train.lr, weight_decay=config.train.weight_decay
+    )
     loss_fn = DepthSegLoss()
     batch = config.train.batch_size
     images = torch.randn(batch, config.model.in_channels, size, size, device=device)
