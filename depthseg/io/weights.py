@@ -10,6 +10,7 @@ from a model hub.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import shutil
@@ -90,7 +91,7 @@ def fetch_dir(uri: str, storage: Storage | None = None, cache_dir: Path | None =
         for key in listing:
             target = staging / Path(key).relative_to(prefix)
             target.parent.mkdir(parents=True, exist_ok=True)
-            with_retries(lambda key=key, target=target: fs.get_file(key, str(target)))
+            with_retries(functools.partial(fs.get_file, key, str(target)))
         shutil.rmtree(slot, ignore_errors=True)
         os.replace(staging, slot)
         done.touch()
