@@ -1,0 +1,217 @@
+"""Finalise a run, chunk by chunk: COG tiles, VRTs, STAC and a quicklook PNG.
+
+Outputs under ``<out>``::
+
+    cog/landcover/<chunk>.tif   uint8, colour table, class names in tags, mode overviews
+    cog/confidence/<chunk>.tif  uint8, average overviews
+    cog/depth/<chunk>.tif       float16 -> float32 COG (GeoTIFF has no float16), average overviews
+    cog/<layer>.vrt             one mosaic per layer over the COG tiles (relative paths)
+    stac/collection.json, stac/items/<chunk>.json
+    quicklook.png               coloured land cover, downsampled to <= 1024 px, with a legend
+
+One chunk is in memory at a time. Each COG is built in a local temporary file and then
+uploaded (S3: one PUT, atomic) or renamed (local), so readers never see half a COG.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tempfile
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+import pystac
+import rasterio
+from PIL import Image, ImageDraw
+from pyproj import Transformer
+from rasterio.io import MemoryFile
+from rio_cogeo.cogeo import cog_translate
+from rio_cogeo.profiles import cog_profiles
+
+from depthseg.geo import ChunkId
+from depthseg.io.bundle import Contract
+from depthseg.io.storage import Storage, join
+from depthseg.mapping.predict import CONFIDENCE_NODATA, LANDCOVER_NODATA
+
+if TYPE_CHECKING:
+    from depthseg.mapping.plan import Plan
+    from depthseg.mapping.write import Mosaic
+
+QUICKLOOK_MAX_PX = 1024
+_OVERVIEW = {"landcover": "mode", "confidence": "average", "depth": "average"}
+_NODATA: dict[str, float] = {"landcover": LANDCOVER_NODATA, "confidence": CONFIDENCE_NODATA,
+                             "depth": float("nan")}
+_DTYPE = {"landcover": "uint8", "confidence": "uint8", "depth": "float32"}
+
+
+def _write_cog(data: np.ndarray, layer: str, plan: Plan, chunk: ChunkId, contract: Contract,
+               dst_path: Path) -> None:
+    profile = {"driver": "GTiff", "height": data.shape[0], "width": data.shape[1], "count": 1,
+               "dtype": _DTYPE[layer], "crs": plan.grid.crs,
+               "transform": plan.grid.chunk_transform(chunk), "nodata": _NODATA[layer]}
+    block = min(512, plan.grid.chunk_size)
+    cog_profile = dict(cog_profiles.get("deflate"), compress="ZSTD", blockxsize=block,
+                       blockysize=block)
+    tags: dict[str, Any] = {"layer": layer, "chunk": chunk.key}
+    colormap = None
+    if layer == "landcover":
+        tags["class_names"] = json.dumps(list(contract.class_names))
+        tags.update({f"CLASS_{i}": name for i, name in enumerate(contract.class_names)})
+        colormap = {i: (*rgb, 255) for i, rgb in enumerate(contract.palette)}
+        colormap[LANDCOVER_NODATA] = (0, 0, 0, 0)
+    with MemoryFile() as memfile, warnings.catch_warnings():
+        # rio-cogeo warns that ZSTD needs a recent libtiff: GDAL >= 3.1 readers all have it.
+        warnings.filterwarnings("ignore", "Non-standard compression", UserWarning)
+        with memfile.open(**profile) as mem:
+            mem.write(data.astype(_DTYPE[layer]), 1)
+            mem.set_band_description(1, layer)
+            if colormap is not None:
+                mem.write_colormap(1, colormap)
+        with memfile.open() as src:
+            cog_translate(src, str(dst_path), cog_profile,
+                          overview_resampling=cast(Any, _OVERVIEW[layer]), colormap=colormap,
+                          additional_cog_metadata=tags, quiet=True, in_memory=True,
+                          config={"GDAL_NUM_THREADS": "1"})
+
+
+def _vrt(layer: str, plan: Plan, chunks: list[ChunkId], contract: Contract) -> bytes:
+    grid = plan.grid
+    dtype = {"uint8": "Byte", "float32": "Float32"}[_DTYPE[layer]]
+    a = grid.transform
+    lines = [f'<VRTDataset rasterXSize="{grid.width}" rasterYSize="{grid.height}">',
+             f"  <SRS>{rasterio.crs.CRS.from_string(grid.crs).to_wkt()}</SRS>",
+             f"  <GeoTransform>{a.c!r}, {a.a!r}, {a.b!r}, {a.f!r}, {a.d!r}, {a.e!r}"
+             "</GeoTransform>",
+             f'  <VRTRasterBand dataType="{dtype}" band="1">',
+             f"    <NoDataValue>{'nan' if layer == 'depth' else int(_NODATA[layer])}"
+             "</NoDataValue>"]
+    if layer == "landcover":
+        lines.append("    <ColorInterp>Palette</ColorInterp>\n    <ColorTable>")
+        colours = dict(enumerate(contract.palette))
+        for i in range(256):
+            r, g, b = colours.get(i, (0, 0, 0))
+            alpha = 0 if i not in colours else 255
+            lines.append(f'      <Entry c1="{r}" c2="{g}" c3="{b}" c4="{alpha}"/>')
+        lines.append("    </ColorTable>")
+    size = grid.chunk_size
+    for chunk in chunks:
+        window = grid.chunk_window(chunk)
+        lines += ["    <SimpleSource>",
+                  f'      <SourceFilename relativeToVRT="1">{layer}/{chunk.key}.tif'
+                  "</SourceFilename>",
+                  "      <SourceBand>1</SourceBand>",
+                  f'      <SrcRect xOff="0" yOff="0" xSize="{size}" ySize="{size}"/>',
+                  f'      <DstRect xOff="{window.col_off}" yOff="{window.row_off}" '
+                  f'xSize="{size}" ySize="{size}"/>',
+                  "    </SimpleSource>"]
+    lines += ["  </VRTRasterBand>", "</VRTDataset>", ""]
+    return "\n".join(lines).encode()
+
+
+def _lonlat_box(plan: Plan, bounds: tuple[float, float, float, float]) -> list[float]:
+    to_lonlat = Transformer.from_crs(plan.grid.crs, "EPSG:4326", always_xy=True)
+    return [round(v, 9) for v in to_lonlat.transform_bounds(*bounds, densify_pts=21)]
+
+
+def _stac(out: str, storage: Storage, plan: Plan, chunks: list[ChunkId],
+          contract: Contract) -> None:
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    epsg = rasterio.crs.CRS.from_string(plan.grid.crs).to_epsg()
+    items = []
+    for chunk in chunks:
+        bbox = _lonlat_box(plan, plan.grid.chunk_bounds(chunk))
+        minx, miny, maxx, maxy = bbox
+        geometry = {"type": "Polygon", "coordinates": [[[minx, miny], [maxx, miny],
+                                                        [maxx, maxy], [minx, maxy],
+                                                        [minx, miny]]]}
+        size = plan.grid.chunk_size
+        item = pystac.Item(id=chunk.key, geometry=geometry, bbox=bbox, datetime=now,
+                           properties={"proj:code": f"EPSG:{epsg}" if epsg else None,
+                                       "proj:shape": [size, size],
+                                       "proj:transform": list(plan.grid.chunk_transform(chunk))
+                                       [:6]})
+        for layer in _OVERVIEW:
+            extra: dict[str, Any] = {"nodata": "nan" if layer == "depth" else _NODATA[layer]}
+            if layer == "landcover":
+                extra["classification:classes"] = [
+                    {"value": i, "name": n, "color_hint": "{:02X}{:02X}{:02X}".format(*rgb)}
+                    for i, (n, rgb) in enumerate(zip(contract.class_names, contract.palette,
+                                                     strict=True))]
+            item.add_asset(layer, pystac.Asset(
+                href=f"../../cog/{layer}/{chunk.key}.tif",
+                media_type=pystac.MediaType.COG, roles=["data"], extra_fields=extra))
+        item.add_link(pystac.Link("collection", "../collection.json"))
+        items.append(item)
+        storage.write_bytes_atomic(join(out, "stac", "items", f"{chunk.key}.json"), json.dumps(
+            item.to_dict(include_self_link=False, transform_hrefs=False), indent=2).encode())
+    bbox = _lonlat_box(plan, plan.grid.bounds)
+    collection = pystac.Collection(
+        id="depthseg-landcover", description="DepthSeg land cover, confidence and depth",
+        extent=pystac.Extent(pystac.SpatialExtent([bbox]),
+                             pystac.TemporalExtent([[now, now]])), license="other")
+    for item in items:
+        collection.add_link(pystac.Link("item", f"./items/{item.id}.json",
+                                        media_type=pystac.MediaType.JSON))
+    storage.write_bytes_atomic(join(out, "stac", "collection.json"), json.dumps(
+        collection.to_dict(include_self_link=False, transform_hrefs=False), indent=2).encode())
+
+
+def _quicklook(out: str, storage: Storage, plan: Plan, mosaic: Mosaic, chunks: list[ChunkId],
+               contract: Contract) -> int:
+    grid = plan.grid
+    step = max(1, math.ceil(max(grid.shape) / QUICKLOOK_MAX_PX))
+    small = np.full((math.ceil(grid.height / step), math.ceil(grid.width / step)),
+                    LANDCOVER_NODATA, dtype=np.uint8)
+    valid_pixels = 0
+    for chunk in chunks:
+        landcover = mosaic.read_chunk(grid, chunk).landcover
+        valid_pixels += int((landcover != LANDCOVER_NODATA).sum())
+        window = grid.chunk_window(chunk)
+        # Sample every step-th pixel of the whole grid: chunk starts are multiples of step
+        # only by luck, so start at the first sampled row/col inside this chunk.
+        row0, col0 = (-window.row_off) % step, (-window.col_off) % step
+        sampled = landcover[row0::step, col0::step]
+        top, left = (window.row_off + row0) // step, (window.col_off + col0) // step
+        small[top:top + sampled.shape[0], left:left + sampled.shape[1]] = sampled
+    lut = np.full((256, 3), 255, dtype=np.uint8)
+    lut[: len(contract.palette)] = np.array(contract.palette, dtype=np.uint8)
+    image = Image.fromarray(lut[small], mode="RGB")
+    legend_h = 16 * len(contract.class_names) + 8
+    canvas = Image.new("RGB", (max(image.width, 160), image.height + legend_h), "white")
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, (name, rgb) in enumerate(zip(contract.class_names, contract.palette, strict=True)):
+        y = image.height + 4 + 16 * i
+        draw.rectangle((4, y, 16, y + 12), fill=tuple(rgb), outline="black")
+        draw.text((22, y), name, fill="black")
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    storage.write_bytes_atomic(join(out, "quicklook.png"), buffer.getvalue())
+    return valid_pixels
+
+
+def finalize(out: str, storage: Storage, plan: Plan, mosaic: Mosaic, chunks: list[ChunkId],
+             contract: Contract) -> int:
+    """Write COGs, VRTs, STAC and the quicklook for the done chunks.
+
+    Returns:
+        The number of mapped pixels with imagery (for the run report's km2).
+    """
+    with tempfile.TemporaryDirectory(prefix="depthseg-cog-") as tmp, storage.gdal_env():
+        for chunk in chunks:
+            prediction = mosaic.read_chunk(plan.grid, chunk)
+            for layer in _OVERVIEW:
+                local = Path(tmp) / f"{layer}-{chunk.key}.tif"
+                _write_cog(getattr(prediction, layer), layer, plan, chunk, contract, local)
+                storage.upload(local, join(out, "cog", layer, f"{chunk.key}.tif"))
+                local.unlink()
+    for layer in _OVERVIEW:
+        storage.write_bytes_atomic(join(out, "cog", f"{layer}.vrt"),
+                                   _vrt(layer, plan, chunks, contract))
+    _stac(out, storage, plan, chunks, contract)
+    return _quicklook(out, storage, plan, mosaic, chunks, contract)

@@ -1,0 +1,142 @@
+"""``map_region``: plan -> Ray Data stream (read tasks -> predict/write actors) -> finalise.
+
+Resume semantics: ``<out>/plan.json`` marks an output folder as a run's. Without ``resume``
+an output that already holds a plan is refused (nothing is overwritten by accident); with
+``resume`` the stored plan must equal the new one (same grid, chunks, tiles, bands) and only
+chunks without a done marker are computed. Chunk writes are idempotent, so a chunk that was
+half-written when the run was killed is simply written again.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from depthseg.errors import InputError
+from depthseg.geo import ChunkId
+from depthseg.io.bundle import Bundle, read_manifest
+from depthseg.io.catalog import open_catalog
+from depthseg.io.storage import Storage, join
+from depthseg.mapping.finalize import finalize
+from depthseg.mapping.plan import MapRequest, Plan, make_plan
+from depthseg.mapping.report import RunReport
+from depthseg.mapping.stages import ChunkContext, PredictWriter, read_batch, run_local
+from depthseg.mapping.write import Mosaic
+
+PLAN = "plan.json"
+
+
+def _start_output(request: MapRequest, plan: Plan, storage: Storage, mosaic: Mosaic,
+                  attrs: dict[str, Any]) -> set[ChunkId]:
+    """Create or reopen the output; returns the chunks already done."""
+    plan_uri = join(request.out, PLAN)
+    if storage.exists(plan_uri):
+        if not request.resume:
+            raise InputError(f"output {request.out!r} already holds a mapping run ({PLAN}); "
+                             "pass --resume to continue it, or give a new --out")
+        if storage.read_bytes(plan_uri) != plan.to_json():
+            raise InputError(f"output {request.out!r} holds a different plan (grid, chunks, tiles"
+                             " or bands changed); rerun with the original options or a new --out")
+        return mosaic.done_chunks() & set(plan.chunks)
+    # The mosaic skeleton first, the plan last: a plan implies a usable mosaic.
+    mosaic.create(plan.grid, attrs)
+    storage.write_bytes_atomic(plan_uri, plan.to_json())
+    return set()
+
+
+def _ray_stream(ctx: ChunkContext, chunks: list[ChunkId], request: MapRequest,
+                bundle: Bundle | None, on_result: Callable[[dict[str, Any]], None]) -> None:
+    import ray
+    import ray.data
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+    if not ray.is_initialized():
+        ray.init()
+    data_context = ray.data.DataContext.get_current()
+    data_context.enable_progress_bars = False  # one progress line per chunk is printed instead
+    actors = request.gpus if request.gpus > 0 else request.cpu_actors
+    read_tasks = max(1, int(ray.available_resources().get("CPU", 1)) - actors)
+    ds: Any = ray.data.from_items([{"chunk": c.key} for c in chunks],
+                             override_num_blocks=len(chunks))
+    # Read tasks may run up to one chunk ahead of each actor; the rest is Ray's backpressure.
+    ds = ds.map_batches(read_batch, batch_size=1, fn_kwargs={"ctx": ctx}, num_cpus=1,
+                        compute=TaskPoolStrategy(size=read_tasks))
+    # The one place the actor pool is declared (its arguments changed across Ray releases).
+    ds = ds.map_batches(
+        PredictWriter, batch_size=1, compute=ActorPoolStrategy(size=actors),
+        fn_constructor_kwargs={"ctx": ctx, "model_uri": request.model, "bundle": bundle,
+                               "gpus": request.gpus, "batch_size": request.batch_size},
+        num_gpus=1 if request.gpus > 0 else 0, num_cpus=1)
+    for row in ds.iter_rows():
+        on_result(dict(row))
+
+
+def map_region(request: MapRequest, storage: Storage | None = None,
+               bundle: Bundle | None = None, log: Callable[[str], None] | None = None,
+               ) -> RunReport:
+    """Map a region: plan, predict every chunk with imagery, write the mosaics, finalise.
+
+    Args:
+        request: The run's options.
+        storage: Storage settings (local paths and ``s3://``).
+        bundle: A loaded bundle to use instead of loading ``request.model`` (tests, bench).
+        log: Where progress lines go (default: stderr).
+
+    Returns:
+        The run report (also written to ``<out>/run.json``); ``report.failed`` lists chunks
+        that could not be mapped.
+
+    Raises:
+        InputError: Bad request or input; nothing that looks complete is left behind.
+    """
+    storage = storage or Storage()
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    report = RunReport(request=request)
+    started = time.perf_counter()
+    contract = bundle.contract if bundle is not None else read_manifest(request.model, storage)[1]
+    catalog = open_catalog(request.imagery, storage, asset=request.stac_asset)
+    plan = make_plan(request, catalog, contract)
+    mosaic = Mosaic(request.out, storage)
+    attrs = {"depthseg_mapping": {"model": request.model, "imagery": request.imagery,
+                                  "class_names": list(contract.class_names),
+                                  "palette": [list(c) for c in contract.palette],
+                                  "nodata": {"landcover": 255, "confidence": 0,
+                                             "depth": "NaN"}}}
+    already = _start_output(request, plan, storage, mosaic, attrs)
+    todo = [c for c in plan.chunks if c not in already]
+    report.start(plan, already=len(already), todo=len(todo))
+    report.seconds["plan"] = time.perf_counter() - started
+    log(f"plan: grid {plan.grid.shape[0]}x{plan.grid.shape[1]} px in {plan.grid.crs} at "
+        f"{plan.grid.resolution} m; {len(plan.chunks)} chunks with imagery, {plan.skipped} "
+        f"without, {len(already)} already done, {len(todo)} to map")
+
+    ctx = ChunkContext(catalog=catalog, grid=plan.grid, tiles=plan.tiles, bands=plan.bands,
+                       out=request.out, storage=storage)
+
+    def on_result(row: dict[str, Any]) -> None:
+        report.add_chunk(row)
+        state = f"FAILED ({row['error']})" if row["error"] else "done"
+        log(f"[{report.finished}/{len(todo)}] chunk {row['chunk']} {state} "
+            f"(read {row['read_s']:.1f}s, predict {row['predict_s']:.1f}s, "
+            f"write {row['write_s']:.1f}s)")
+
+    map_start = time.perf_counter()
+    if todo:
+        if request.executor == "ray":
+            _ray_stream(ctx, todo, request, bundle, on_result)
+        else:
+            writer = PredictWriter(ctx, request.model, bundle, request.gpus, request.batch_size)
+            run_local(ctx, todo, writer, on_result)
+    report.seconds["map"] = time.perf_counter() - map_start
+
+    final_start = time.perf_counter()
+    done = sorted(mosaic.done_chunks() & set(plan.chunks))
+    report.valid_pixels = finalize(request.out, storage, plan, mosaic, done, contract)
+    report.seconds["finalise"] = time.perf_counter() - final_start
+    report.seconds["total"] = time.perf_counter() - started
+    report.done = len(done)
+    storage.write_bytes_atomic(join(request.out, "run.json"), report.to_json())
+    log(report.summary())
+    return report

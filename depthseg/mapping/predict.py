@@ -1,0 +1,141 @@
+"""Predict one chunk: chunk + halo pixels -> land cover, confidence and depth for the chunk.
+
+Tiles are cut with :class:`~depthseg.geo.TileSpec`, sent to the device as raw uint8/uint16
+and normalised there, run in batches (bf16 autocast on CUDA), and blended with weights that
+fall towards zero at tile edges (:class:`~depthseg.geo.Blender`). Classes are blended as
+softmax probabilities and depth as values, in one accumulator of K + 1 channels.
+
+Output encoding (also written to the mosaic attributes):
+
+- ``landcover`` uint8: argmax class; 255 = no data.
+- ``confidence`` uint8: ``round(255 * max blended probability)``; 0 = no data (a valid pixel
+  is at least ``255 / K``, so 0 is never a real value).
+- ``depth`` float16: blended relative depth in [0, 1]; NaN = no data (and everywhere when the
+  model has no depth branch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from depthseg.errors import InputError
+from depthseg.geo import Blender, TileSpec, crop_halo
+from depthseg.io.bundle import Contract
+from depthseg.model import normalize
+
+LANDCOVER_NODATA = 255
+CONFIDENCE_NODATA = 0
+
+
+@dataclass
+class ChunkPrediction:
+    """Outputs of one chunk, (row, col) arrays of the chunk size (halo cropped)."""
+
+    landcover: np.ndarray
+    confidence: np.ndarray
+    depth: np.ndarray
+
+
+def pick_device(gpus: int) -> torch.device:
+    """CUDA when a GPU was asked for and is visible, else the CPU."""
+    return torch.device("cuda") if gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
+
+
+class ChunkPredictor:
+    """Runs a model over chunk + halo areas; one per actor, reused for every chunk."""
+
+    def __init__(self, model: torch.nn.Module, contract: Contract, tiles: TileSpec,
+                 batch_size: int = 8, device: torch.device | str = "cpu",
+                 num_classes: int | None = None) -> None:
+        """Move the model to the device once.
+
+        Args:
+            model: Returns a ``DepthSegOutput`` (``logits``, ``depths``) for (B, C, T, T) input.
+            contract: The bundle's preprocessing contract (mean, std, classes).
+            tiles: Tile size, overlap and halo.
+            batch_size: Tiles per forward pass.
+            device: Where the model runs.
+            num_classes: Class count (default: the contract's).
+        """
+        if batch_size < 1:
+            raise InputError(f"batch size {batch_size} must be >= 1; give e.g. 8")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.contract = contract
+        self.tiles = tiles
+        self.batch_size = batch_size
+        self.num_classes = num_classes or len(contract.class_names)
+        self.tiles_run = 0
+
+    def predict_tiles(self, tiles: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Model forward on raw tiles (B, C, T, T) -> (probabilities (B, K, T, T), depth).
+
+        Depth is (B, 1, T, T) or None when the model has no depth branch. Results are float32
+        on the CPU.
+        """
+        batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device, non_blocking=True)
+        # torch has limited uint16 support; widen on the device, not on the host.
+        if batch.dtype not in (torch.uint8,):
+            batch = batch.to(torch.int32)
+        images = normalize(batch, self.contract.mean, self.contract.std)
+        use_bf16 = self.device.type == "cuda"
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                    enabled=use_bf16):
+            out = self.model(images)
+        probs = torch.softmax(out.logits.float(), dim=1)
+        depth = out.depths[0].float() if len(out.depths) else None
+        if depth is not None and depth.shape[-2:] != probs.shape[-2:]:
+            depth = torch.nn.functional.interpolate(depth, size=probs.shape[-2:],
+                                                    mode="bilinear", align_corners=False)
+        self.tiles_run += tiles.shape[0]
+        return probs.cpu(), (depth.cpu() if depth is not None else None)
+
+    def predict_chunk(self, pixels: np.ndarray, valid: np.ndarray) -> ChunkPrediction:
+        """Predict the chunk inside a chunk + halo area.
+
+        Args:
+            pixels: (band, row, col) uint8/uint16, chunk + 2 * halo on each axis.
+            valid: (row, col) bool, False where the imagery has no data.
+
+        Returns:
+            The chunk's outputs with the halo cropped; no-data where ``valid`` is False.
+        """
+        _bands, height, width = pixels.shape
+        layout = self.tiles.layout(height - 2 * self.tiles.halo_px,
+                                   width - 2 * self.tiles.halo_px)
+        if layout.pad_rows or layout.pad_cols:
+            pad = ((0, 0), (0, layout.pad_rows), (0, layout.pad_cols))
+            pixels = np.pad(pixels, pad)
+            valid = np.pad(valid, pad[1:])
+        tile = layout.tile
+        # Tiles without one valid pixel are skipped: they would only add to no-data pixels.
+        offsets = [o for o in layout.offsets
+                   if valid[o.row_off:o.row_off + tile, o.col_off:o.col_off + tile].any()]
+        blender = Blender.for_layout(self.num_classes + 1, layout)
+        has_depth = False
+        for start in range(0, len(offsets), self.batch_size):
+            batch_offsets = offsets[start:start + self.batch_size]
+            batch = np.stack([pixels[:, r:r + tile, c:c + tile] for r, c in batch_offsets])
+            probs, depth = self.predict_tiles(batch)
+            has_depth = depth is not None
+            if depth is None:
+                depth = torch.zeros_like(probs[:, :1])
+            blender.add_batch(torch.cat([probs, depth], dim=1), batch_offsets)
+        blended = crop_halo(blender.result(fill_value=0.0), self.tiles.halo_px)
+        chunk_valid = crop_halo(valid[:height, :width], self.tiles.halo_px)
+        return encode(blended, chunk_valid, has_depth=has_depth)
+
+
+def encode(blended: np.ndarray, valid: np.ndarray, has_depth: bool) -> ChunkPrediction:
+    """Blended (K + 1, row, col) probabilities + depth -> the stored uint8/float16 layers."""
+    probs, depth = blended[:-1], blended[-1]
+    landcover = np.argmax(probs, axis=0).astype(np.uint8)
+    confidence = np.clip(np.rint(probs.max(axis=0) * 255), 1, 255).astype(np.uint8)
+    depth16 = depth.astype(np.float16) if has_depth else np.full(depth.shape, np.nan, np.float16)
+    landcover[~valid] = LANDCOVER_NODATA
+    confidence[~valid] = CONFIDENCE_NODATA
+    depth16[~valid] = np.nan
+    return ChunkPrediction(landcover=landcover, confidence=confidence, depth=depth16)

@@ -1,0 +1,108 @@
+"""The run report: ``<out>/run.json`` and the summary printed at the end of a run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from depthseg.mapping.plan import MapRequest, Plan
+
+
+@dataclass
+class RunReport:
+    """Counts and timings of one run.
+
+    Attributes:
+        request: The run's options.
+        plan: Its plan (None until planned).
+        planned: Chunks with imagery.
+        skipped: Chunks of the grid without imagery.
+        already_done: Chunks done by an earlier run (resume).
+        todo: Chunks this run had to map.
+        done: Chunks with a done marker at the end.
+        finished: Chunk results received by this run (done + failed).
+        failed: ``{chunk key: error}`` of chunks that could not be mapped.
+        seconds: Wall seconds per phase (plan, map, finalise, total) and summed per stage
+            (read, predict, write; these overlap in time across workers).
+        valid_pixels: Mapped pixels with imagery (for km2).
+    """
+
+    request: MapRequest
+    plan: Plan | None = None
+    planned: int = 0
+    skipped: int = 0
+    already_done: int = 0
+    todo: int = 0
+    done: int = 0
+    finished: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "predict": 0.0,
+                                                              "write": 0.0})
+    valid_pixels: int = 0
+    started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(
+        timespec="seconds"))
+
+    def start(self, plan: Plan, already: int, todo: int) -> None:
+        """Record the plan."""
+        self.plan, self.planned, self.skipped = plan, len(plan.chunks), plan.skipped
+        self.already_done, self.todo = already, todo
+
+    def add_chunk(self, row: dict[str, Any]) -> None:
+        """Record one chunk result from the write stage."""
+        self.finished += 1
+        if row["error"]:
+            self.failed[str(row["chunk"])] = str(row["error"])
+        for stage in ("read", "predict", "write"):
+            self.seconds[stage] += float(row[f"{stage}_s"])
+
+    @property
+    def km2(self) -> float:
+        """Area with imagery that was mapped, in km2."""
+        res = self.plan.grid.resolution if self.plan else 0.0
+        return self.valid_pixels * res * res / 1e6
+
+    @property
+    def ok(self) -> bool:
+        """True when every planned chunk is done."""
+        return not self.failed and self.done == self.planned
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready report."""
+        grid = self.plan.grid if self.plan else None
+        hours = max(self.seconds.get("total", 0.0), 1e-9) / 3600
+        return {
+            "started_at": self.started_at,
+            "request": asdict(self.request),
+            "bbox": list(self.request.bbox), "bbox_crs": self.request.bbox_crs,
+            "grid": None if grid is None else {
+                "crs": grid.crs, "resolution": grid.resolution, "shape": list(grid.shape),
+                "transform": list(grid.transform)[:6], "chunk_size": grid.chunk_size,
+                "bounds": list(grid.bounds)},
+            "chunks": {"planned": self.planned, "done": self.done, "skipped": self.skipped,
+                       "already_done": self.already_done, "mapped_this_run": self.todo,
+                       "failed": len(self.failed)},
+            "failed_chunks": [{"chunk": k, "error": v} for k, v in sorted(self.failed.items())],
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "km2_mapped": round(self.km2, 6),
+            "km2_per_hour": round(self.km2 / hours, 3),
+            "ok": self.ok,
+        }
+
+    def to_json(self) -> bytes:
+        """``run.json`` bytes."""
+        return json.dumps(self.to_dict(), indent=2).encode()
+
+    def summary(self) -> str:
+        """A few human lines for the end of a run."""
+        s = self.seconds
+        lines = [f"mapped {self.done}/{self.planned} chunks ({self.km2:.3f} km2) in "
+                 f"{s.get('total', 0):.1f}s (map {s.get('map', 0):.1f}s, finalise "
+                 f"{s.get('finalise', 0):.1f}s); {self.skipped} chunks without imagery, "
+                 f"{self.already_done} done earlier"]
+        if self.failed:
+            lines.append(f"FAILED {len(self.failed)} chunks: " + "; ".join(
+                f"{k}: {v}" for k, v in sorted(self.failed.items())[:5]))
+        return "\n".join(lines)

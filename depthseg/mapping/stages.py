@@ -1,0 +1,141 @@
+"""The per-chunk stages, usable with or without Ray: read, then predict + write.
+
+Only chunk keys, timings and error strings leave the write stage; pixels travel once, from a
+read task to a predict actor (raw uint8/uint16 chunk + halo: 2 bytes x bands x 2176^2 = 38 MB
+for a default 4-band uint16 chunk). Outputs are written by the actor that computed them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from depthseg.errors import DepthSegError
+from depthseg.geo import ChunkId, OutputGrid, TileSpec, chunk_read_window
+from depthseg.io.bundle import Bundle, load_bundle
+from depthseg.io.catalog import Catalog
+from depthseg.io.storage import Storage
+from depthseg.mapping.predict import ChunkPredictor, pick_device
+from depthseg.mapping.write import Mosaic
+
+
+@dataclass(frozen=True)
+class ChunkContext:
+    """What every stage needs to know about the run (small; pickled to Ray workers).
+
+    Attributes:
+        catalog: Scenes and their footprint index.
+        grid: The output grid.
+        tiles: Tile size, overlap, halo.
+        bands: 1-based imagery bands in model channel order.
+        out: Output URI.
+        storage: Storage settings.
+    """
+
+    catalog: Catalog
+    grid: OutputGrid
+    tiles: TileSpec
+    bands: tuple[int, ...]
+    out: str
+    storage: Storage
+
+
+def read_chunk(ctx: ChunkContext, chunk: ChunkId) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk + halo pixels (band, row, col) and valid mask (row, col), composited, once."""
+    window = chunk_read_window(ctx.grid.chunk_window(chunk), ctx.tiles.halo_px)
+    return ctx.catalog.read(ctx.grid.crs, ctx.grid.window_transform(window), window.height,
+                            window.width, ctx.bands)
+
+
+def _error_text(err: BaseException) -> str:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return text if isinstance(err, DepthSegError) else f"{type(err).__name__}: {text}"
+
+
+def read_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, Any]:
+    """Ray Data read task: chunk keys -> pixels + valid mask (or an error string)."""
+    keys = [str(k) for k in batch["chunk"]]
+    window = chunk_read_window(ctx.grid.chunk_window(ChunkId.parse(keys[0])),
+                               ctx.tiles.halo_px)
+    shape = (len(ctx.bands), window.height, window.width)
+    pixels, valid, errors, seconds = [], [], [], []
+    for key in keys:
+        start = time.perf_counter()
+        try:
+            chunk_pixels, chunk_valid = read_chunk(ctx, ChunkId.parse(key))
+            errors.append("")
+        except Exception as err:  # noqa: BLE001 - a bad scene fails its chunk, not the run
+            chunk_pixels = np.zeros(shape, dtype=ctx.catalog.dtype)
+            chunk_valid = np.zeros(shape[1:], dtype=bool)
+            errors.append(_error_text(err))
+        pixels.append(chunk_pixels)
+        valid.append(chunk_valid)
+        seconds.append(time.perf_counter() - start)
+    return {"chunk": np.array(keys), "pixels": np.stack(pixels), "valid": np.stack(valid),
+            "error": np.array(errors), "read_s": np.array(seconds)}
+
+
+class PredictWriter:
+    """Predict + write one chunk at a time; built once per actor (model loaded once)."""
+
+    def __init__(self, ctx: ChunkContext, model_uri: str | None = None,
+                 bundle: Bundle | None = None, gpus: int = 0, batch_size: int = 8) -> None:
+        """Load the model onto this worker's device.
+
+        Args:
+            ctx: The run context.
+            model_uri: Bundle URI (loaded here, on the worker).
+            bundle: An already-loaded bundle (tests, benchmarks) instead of ``model_uri``.
+            gpus: > 0 to run on CUDA when visible.
+            batch_size: Tiles per forward pass.
+        """
+        if bundle is None:
+            assert model_uri is not None
+            bundle = load_bundle(model_uri, ctx.storage)
+        self.ctx = ctx
+        self.predictor = ChunkPredictor(bundle.model, bundle.contract, ctx.tiles,
+                                        batch_size=batch_size, device=pick_device(gpus))
+        self.mosaic = Mosaic(ctx.out, ctx.storage)
+
+    def process(self, key: str, pixels: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
+        """Predict and write one chunk; returns (predict seconds, write seconds)."""
+        chunk = ChunkId.parse(key)
+        start = time.perf_counter()
+        prediction = self.predictor.predict_chunk(pixels, valid)
+        if self.predictor.device.type == "cuda":
+            torch.cuda.synchronize()
+        middle = time.perf_counter()
+        self.mosaic.write_chunk(self.ctx.grid, chunk, prediction)
+        return middle - start, time.perf_counter() - middle
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Ray Data actor call: read rows -> result rows (no pixels)."""
+        results: dict[str, list[Any]] = {"chunk": [], "error": [], "read_s": [],
+                                         "predict_s": [], "write_s": []}
+        for i, key in enumerate(batch["chunk"]):
+            error, predict_s, write_s = str(batch["error"][i]), 0.0, 0.0
+            if not error:
+                try:
+                    predict_s, write_s = self.process(str(key), batch["pixels"][i],
+                                                      batch["valid"][i])
+                except Exception as err:  # noqa: BLE001 - fail the chunk, keep the run
+                    error = _error_text(err)
+            for name, value in (("chunk", str(key)), ("error", error),
+                                ("read_s", float(batch["read_s"][i])),
+                                ("predict_s", predict_s), ("write_s", write_s)):
+                results[name].append(value)
+        return {name: np.array(values) for name, values in results.items()}
+
+
+def run_local(ctx: ChunkContext, chunks: list[ChunkId], writer: PredictWriter,
+              on_result: Callable[[dict[str, Any]], None]) -> None:
+    """The same stages in one process, chunk by chunk (debugging, tests, the benchmark)."""
+    for chunk in chunks:
+        read = read_batch({"chunk": np.array([chunk.key])}, ctx)
+        out = writer(read)
+        on_result({name: values[0] for name, values in out.items()})

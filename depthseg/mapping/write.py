@@ -1,0 +1,130 @@
+"""The Zarr mosaic of a run and its per-chunk done markers.
+
+Layout of ``<out>/mosaic.zarr`` (Zarr format 3, readable by ``xarray.open_zarr`` with
+``consolidated=False``; ``.rio.crs`` works through the CF ``spatial_ref`` grid mapping)::
+
+    landcover   (y, x) uint8    255 = no data
+    confidence  (y, x) uint8    0 = no data
+    depth       (y, x) float16  NaN = no data
+    x, y        pixel-centre coordinates;  spatial_ref  CF grid mapping (crs_wkt, GeoTransform)
+
+Zarr chunks equal mapping chunks, and grids start on whole chunks, so every mapping chunk is
+exactly one Zarr chunk per array: one writer per chunk, and rewriting a chunk is idempotent.
+``<out>/done/<chunk key>`` is written after all three arrays of the chunk are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import zarr
+from pyproj import CRS as ProjCRS
+
+from depthseg.geo import ChunkId, OutputGrid
+from depthseg.io.chips import open_zarr_store
+from depthseg.io.storage import Storage, join, with_retries
+from depthseg.mapping.predict import CONFIDENCE_NODATA, LANDCOVER_NODATA, ChunkPrediction
+
+MOSAIC = "mosaic.zarr"
+DONE = "done"
+LAYERS: dict[str, dict[str, Any]] = {
+    "landcover": {"dtype": "uint8", "fill_value": LANDCOVER_NODATA},
+    "confidence": {"dtype": "uint8", "fill_value": CONFIDENCE_NODATA},
+    "depth": {"dtype": "float16", "fill_value": np.nan},
+}
+
+
+def _cf_grid_mapping(grid: OutputGrid) -> dict[str, Any]:
+    crs = ProjCRS.from_user_input(grid.crs)
+    a = grid.transform
+    attrs = crs.to_cf()
+    attrs.update({"crs_wkt": crs.to_wkt(), "spatial_ref": crs.to_wkt(),
+                  "GeoTransform": " ".join(repr(v) for v in (a.c, a.a, a.b, a.f, a.d, a.e))})
+    return attrs
+
+
+class Mosaic:
+    """Reader/writer of one run's Zarr mosaic and done markers."""
+
+    def __init__(self, out: str, storage: Storage) -> None:
+        """Point at ``<out>/mosaic.zarr`` (nothing is opened yet)."""
+        self.out = out
+        self.uri = join(out, MOSAIC)
+        self.storage = storage
+        self._group: Any = None
+
+    def create(self, grid: OutputGrid, attrs: dict[str, Any]) -> None:
+        """Write the empty arrays and coordinates (metadata only; chunks stay absent)."""
+        group = zarr.open_group(open_zarr_store(self.uri, self.storage), mode="w",
+                                zarr_format=3, attributes=attrs)
+        shape, chunks = grid.shape, (grid.chunk_size, grid.chunk_size)
+        for name, spec in LAYERS.items():
+            group.create_array(
+                name, shape=shape, chunks=chunks, dtype=spec["dtype"],
+                fill_value=spec["fill_value"], dimension_names=["y", "x"],
+                attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref",
+                            "nodata": None if name == "depth" else spec["fill_value"]})
+        spatial_ref = group.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0,
+                                         dimension_names=[], attributes=_cf_grid_mapping(grid))
+        spatial_ref[()] = 0
+        res, transform = grid.resolution, grid.transform
+        # 1-D coordinate vectors are grid-width long, not region-sized 2-D arrays.
+        for axis, size, start, step in (("x", grid.width, transform.c, res),
+                                        ("y", grid.height, transform.f, -res)):
+            attributes: dict[str, Any] = {"units": "metre",
+                                          "standard_name": f"projection_{axis}_coordinate"}
+            coord = group.create_array(axis, shape=(size,), chunks=(size,), dtype="float64",
+                                       fill_value=0.0, dimension_names=[axis],
+                                       attributes=attributes)
+            coord[:] = start + step * (np.arange(size) + 0.5)
+        self._group = group
+
+    @property
+    def group(self) -> Any:
+        """The open Zarr group (opened read/write on first use)."""
+        if self._group is None:
+            self._group = zarr.open_group(open_zarr_store(self.uri, self.storage), mode="r+")
+        return self._group
+
+    def write_chunk(self, grid: OutputGrid, chunk: ChunkId, prediction: ChunkPrediction) -> None:
+        """Write the chunk's three layers, then its done marker."""
+        window = grid.chunk_window(chunk)
+        rows = slice(window.row_off, window.row_off + window.height)
+        cols = slice(window.col_off, window.col_off + window.width)
+        for name in LAYERS:
+            array, data = self.group[name], getattr(prediction, name)
+
+            def write(array: Any = array, data: np.ndarray = data) -> None:
+                array[rows, cols] = data
+
+            with_retries(write)
+        self.storage.write_bytes_atomic(self.done_uri(chunk), chunk.key.encode())
+
+    def read_chunk(self, grid: OutputGrid, chunk: ChunkId) -> ChunkPrediction:
+        """Read back one chunk's layers."""
+        window = grid.chunk_window(chunk)
+        rows = slice(window.row_off, window.row_off + window.height)
+        cols = slice(window.col_off, window.col_off + window.width)
+        arrays: dict[str, np.ndarray] = {}
+        for name in LAYERS:
+            array = self.group[name]
+
+            def read(array: Any = array) -> np.ndarray:
+                return np.asarray(array[rows, cols])
+
+            arrays[name] = with_retries(read)
+        return ChunkPrediction(**arrays)
+
+    def done_uri(self, chunk: ChunkId) -> str:
+        """Where the chunk's done marker lives."""
+        return join(self.out, DONE, chunk.key)
+
+    def done_chunks(self) -> set[ChunkId]:
+        """Chunks with a done marker."""
+        fs, path = self.storage.fs(join(self.out, DONE))
+        if not with_retries(lambda: fs.exists(path)):
+            return set()
+        names = with_retries(lambda: fs.ls(path, detail=False))
+        keys = (str(n).rstrip("/").rsplit("/", 1)[-1] for n in names)
+        return {ChunkId.parse(k) for k in keys if ".tmp-" not in k}

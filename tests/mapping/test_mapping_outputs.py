@@ -1,0 +1,139 @@
+"""One mapping run of a synthetic region, and everything a user reads from its outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+import rioxarray  # noqa: F401 - registers .rio
+import xarray as xr
+from affine import Affine
+from mapping_helpers import region_request
+from rio_cogeo.cogeo import cog_validate
+
+from depthseg.errors import InputError
+from depthseg.geo import ChunkId
+from depthseg.io.catalog import open_catalog
+from depthseg.io.storage import Storage
+from depthseg.mapping import map_region
+from depthseg.mapping.write import Mosaic
+
+
+@pytest.fixture(scope="module")
+def mapped(synthetic_region: Any, bundle_uint16: str, tmp_path_factory: pytest.TempPathFactory
+           ) -> tuple[Path, Any]:
+    out = tmp_path_factory.mktemp("mapped") / "run"
+    # 320 px chunks do not line up with the region's edges: edge chunks are part imagery,
+    # part no-data, so the no-data rule is exercised inside mapped chunks.
+    report = map_region(region_request(synthetic_region, out, bundle_uint16, chunk_size=320))
+    return out, report
+
+
+def test_run_maps_every_chunk_with_imagery(mapped: tuple[Path, Any]) -> None:
+    out, report = mapped
+    run = json.loads((out / "run.json").read_text())
+    assert report.ok and run["ok"]
+    assert run["chunks"]["planned"] == run["chunks"]["done"] > 0
+    assert run["chunks"]["failed"] == 0 and run["failed_chunks"] == []
+    assert run["km2_mapped"] > 0 and run["km2_per_hour"] > 0
+    assert {"plan", "read", "predict", "write", "map", "finalise", "total"} <= set(run["seconds"])
+    done = sorted(p.name for p in (out / "done").iterdir())
+    assert done == sorted(json.loads((out / "plan.json").read_text())["chunks"])
+
+
+def test_mosaic_opens_with_the_plans_crs_and_transform(mapped: tuple[Path, Any]) -> None:
+    out, _ = mapped
+    plan = json.loads((out / "plan.json").read_text())
+    dataset = xr.open_zarr(out / "mosaic.zarr", consolidated=False)
+    assert dataset.rio.crs.to_string() == plan["grid"]["crs"] == "EPSG:32649"
+    assert tuple(dataset.rio.transform())[:6] == pytest.approx(plan["transform"])
+    assert dataset.landcover.shape == (plan["grid"]["height"], plan["grid"]["width"])
+    assert dataset.landcover.dtype == np.uint8 and dataset.depth.dtype == np.float16
+    assert dataset.landcover.encoding["chunks"] == (320, 320)
+
+
+def test_imagery_nodata_stays_nodata_in_every_layer(mapped: tuple[Path, Any],
+                                                    synthetic_region: Any) -> None:
+    out, _ = mapped
+    plan = json.loads((out / "plan.json").read_text())
+    dataset = xr.open_zarr(out / "mosaic.zarr", consolidated=False)
+    catalog = open_catalog(str(synthetic_region.root / "scenes"))
+    _, valid = catalog.read("EPSG:32649", Affine(*plan["transform"]), plan["grid"]["height"],
+                            plan["grid"]["width"], (3, 2, 1))
+    landcover, confidence = dataset.landcover.values, dataset.confidence.values
+    depth = dataset.depth.values
+    assert (~valid).any() and valid.any(), "the test region must hold both"
+    assert (landcover[~valid] == 255).all() and (landcover[valid] < 7).all()
+    assert (confidence[~valid] == 0).all() and (confidence[valid] > 0).all()
+    assert np.isnan(depth[~valid]).all() and np.isfinite(depth[valid]).all()
+
+
+def test_cogs_validate_and_vrt_equals_the_mosaic(mapped: tuple[Path, Any]) -> None:
+    out, _ = mapped
+    cogs = sorted((out / "cog").glob("*/*.tif"))
+    assert len(cogs) == 3 * len(list((out / "done").iterdir()))
+    for path in cogs:
+        valid, errors, _warnings = cog_validate(str(path), quiet=True)
+        assert valid, (path, errors)
+    dataset = xr.open_zarr(out / "mosaic.zarr", consolidated=False)
+    with rasterio.open(out / "cog" / "landcover.vrt") as vrt:
+        assert vrt.crs.to_string() == "EPSG:32649"
+        assert vrt.transform.almost_equals(dataset.rio.transform())
+        np.testing.assert_array_equal(vrt.read(1), dataset.landcover.values)
+        assert vrt.colormap(1)[1][:3] == (30, 130, 40)
+    with rasterio.open(cogs[0].parent.parent / "landcover" / cogs[0].name) as cog:
+        assert json.loads(cog.tags()["class_names"])[2] == "building"
+        assert cog.tags()["OVERVIEW_RESAMPLING"] == "MODE"
+
+
+def test_stac_quicklook_and_plan(mapped: tuple[Path, Any]) -> None:
+    out, _ = mapped
+    collection = json.loads((out / "stac" / "collection.json").read_text())
+    items = sorted((out / "stac" / "items").glob("*.json"))
+    assert collection["type"] == "Collection" and len(items) == len(list((out / "done").iterdir()))
+    item = json.loads(items[0].read_text())
+    assert item["properties"]["proj:code"] == "EPSG:32649"
+    assert (items[0].parent / item["assets"]["landcover"]["href"]).resolve().is_file()
+    from PIL import Image
+
+    with Image.open(out / "quicklook.png") as image:
+        assert image.mode == "RGB" and image.width >= 160
+
+
+def test_existing_output_is_refused_without_resume(mapped: tuple[Path, Any],
+                                                    synthetic_region: Any,
+                                                    bundle_uint16: str) -> None:
+    out, _ = mapped
+    with pytest.raises(InputError, match="--resume"):
+        map_region(region_request(synthetic_region, out, bundle_uint16, chunk_size=320))
+
+
+def test_resume_of_a_complete_run_maps_nothing_and_keeps_bytes(
+        mapped: tuple[Path, Any], synthetic_region: Any, bundle_uint16: str) -> None:
+    out, _ = mapped
+    before = {p: p.read_bytes() for p in (out / "mosaic.zarr").rglob("c/*/*")}
+    report = map_region(region_request(synthetic_region, out, bundle_uint16, chunk_size=320,
+                                       resume=True))
+    assert report.todo == 0 and report.already_done == report.planned and report.ok
+    assert before == {p: p.read_bytes() for p in (out / "mosaic.zarr").rglob("c/*/*")}
+
+
+def test_a_deleted_done_marker_is_recomputed_identically(
+        mapped: tuple[Path, Any], synthetic_region: Any, bundle_uint16: str) -> None:
+    out, _ = mapped
+    key = sorted(p.name for p in (out / "done").iterdir())[0]
+    chunk = ChunkId.parse(key)
+    mosaic = Mosaic(str(out), Storage())
+    plan = json.loads((out / "plan.json").read_text())
+    cog = out / "cog" / "landcover" / f"{key}.tif"
+    cog_bytes = cog.read_bytes()
+    (out / "done" / key).unlink()
+    assert chunk not in mosaic.done_chunks()
+    report = map_region(region_request(synthetic_region, out, bundle_uint16, chunk_size=320,
+                                       resume=True))
+    assert report.todo == 1 and report.done == len(plan["chunks"])
+    assert cog.read_bytes() == cog_bytes
