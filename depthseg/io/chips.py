@@ -103,14 +103,14 @@ class ChipStore:
     def __init__(self, group: zarr.Group, uri: str) -> None:
         self.group = group
         self.uri = uri
-        attrs = dict(group.attrs)
+        attrs: dict[str, Any] = dict(group.attrs)  # JSON values, typed loosely by zarr
         if attrs.get("format") != CHIPS_FORMAT:
             raise InputError(
                 f"{uri!r} is not a chip store (format {attrs.get('format')!r}); create one with "
                 "jobs/prepare.py"
             )
         self.schema = ChipSchema(
-            num_chips=int(group["done"].shape[0]),
+            num_chips=int(self.array("done").shape[0]),
             chip_size=int(attrs["chip_size"]),
             band_names=tuple(attrs["band_names"]),
             band_indices=tuple(int(b) for b in attrs["band_indices"]),
@@ -164,12 +164,16 @@ class ChipStore:
         storage = storage or Storage()
         store = open_zarr_store(uri, storage, read_only=mode == "r")
         try:
-            group = zarr.open_group(store, mode=mode)
+            group = zarr.open_group(store, mode=mode)  # type: ignore[arg-type]
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
             raise InputError(
                 f"no chip store at {uri!r}; create one with jobs/prepare.py --out {uri}"
             ) from err
         return cls(group, uri)
+
+    def array(self, name: str) -> Any:
+        """The Zarr array ``name`` (``image``, ``label``, ...), typed loosely as zarr is."""
+        return self.group[name]
 
     def write_chip(
         self,
@@ -195,45 +199,45 @@ class ChipStore:
             raise InputError(f"chip {index}: split {split} is not 0 (train), 1 (val) or 2 (test)")
         mask = (label != 255) if valid is None else valid.astype(bool)
         values = image.reshape(c, -1)[:, mask.reshape(-1)].astype(np.float64)
-        self.group["image"][index] = image.astype(self.schema.input_dtype, copy=False)
-        self.group["label"][index] = label.astype(np.uint8, copy=False)
+        self.array("image")[index] = image.astype(self.schema.input_dtype, copy=False)
+        self.array("label")[index] = label.astype(np.uint8, copy=False)
         if depth is not None:
-            self.group["depth"][index] = depth.astype(np.float16)
-        self.group["split"][index] = split
-        self.group["band_sum"][index] = values.sum(axis=1)
-        self.group["band_sumsq"][index] = (values**2).sum(axis=1)
-        self.group["band_count"][index] = int(mask.sum())
-        self.group["done"][index] = True
+            self.array("depth")[index] = depth.astype(np.float16)
+        self.array("split")[index] = split
+        self.array("band_sum")[index] = values.sum(axis=1)
+        self.array("band_sumsq")[index] = (values**2).sum(axis=1)
+        self.array("band_count")[index] = int(mask.sum())
+        self.array("done")[index] = True
 
     def done(self) -> np.ndarray:
         """(N,) bool: which chips are complete."""
-        return np.asarray(self.group["done"][:])
+        return np.asarray(self.array("done")[:])
 
     def indices(self, split: str) -> np.ndarray:
         """Indices of the complete chips of ``split`` (``train``, ``val`` or ``test``)."""
         if split not in SPLITS:
             raise InputError(f"split {split!r} is not one of {SPLITS}")
-        splits = np.asarray(self.group["split"][:])
+        splits = np.asarray(self.array("split")[:])
         return np.flatnonzero(self.done() & (splits == SPLITS.index(split)))
 
     def read(self, indices: np.ndarray | list[int]) -> dict[str, np.ndarray]:
         """Image (B,C,S,S), label (B,S,S) and depth (B,S,S) float32 of some chips."""
         idx = np.asarray(indices, dtype=np.int64)
         return {
-            "image": np.stack([self.group["image"][int(i)] for i in idx]),
-            "label": np.stack([self.group["label"][int(i)] for i in idx]),
-            "depth": np.stack([self.group["depth"][int(i)] for i in idx]).astype(np.float32),
+            "image": np.stack([self.array("image")[int(i)] for i in idx]),
+            "label": np.stack([self.array("label")[int(i)] for i in idx]),
+            "depth": np.stack([self.array("depth")[int(i)] for i in idx]).astype(np.float32),
         }
 
     def finalize_stats(self) -> dict[str, list[float]]:
         """Per-band mean/std over the valid pixels of the done training chips; saved in attrs."""
         train = self.indices("train")
         use = train if train.size else np.flatnonzero(self.done())
-        count = float(np.asarray(self.group["band_count"][:])[use].sum())
+        count = float(np.asarray(self.array("band_count")[:])[use].sum())
         if count == 0:
             raise InputError(f"chip store {self.uri!r} has no valid pixels to compute statistics")
-        total = np.asarray(self.group["band_sum"][:])[use].sum(axis=0)
-        total_sq = np.asarray(self.group["band_sumsq"][:])[use].sum(axis=0)
+        total = np.asarray(self.array("band_sum")[:])[use].sum(axis=0)
+        total_sq = np.asarray(self.array("band_sumsq")[:])[use].sum(axis=0)
         mean = total / count
         std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
         stats = {"mean": [float(m) for m in mean], "std": [max(float(s), 1e-6) for s in std]}
@@ -243,8 +247,10 @@ class ChipStore:
     @property
     def stats(self) -> dict[str, list[float]] | None:
         """Band statistics saved by :meth:`finalize_stats`, or None."""
-        value = self.group.attrs.get("stats")
-        return None if value is None else {"mean": list(value["mean"]), "std": list(value["std"])}
+        value: Any = self.group.attrs.get("stats")  # JSON attrs: typed loosely by zarr
+        if value is None:
+            return None
+        return {"mean": [float(v) for v in value["mean"]], "std": [float(v) for v in value["std"]]}
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,0 +1,329 @@
+"""The training loop: plain PyTorch; distribution, data and checkpoint I/O come from hooks.
+
+:func:`fit` runs the paper's recipe (AdamW, MultiStepLR at ``lr_milestones`` of the total
+steps, L = w_D (1 - SSIM) + w_cls CE) over a feed of chip batches. Everything Ray-specific
+lives in :class:`Hooks` (:mod:`depthseg.train.ray_train` overrides it); the defaults run one
+process with checkpoints under ``<run_dir>/checkpoints/``, so a unit test runs an epoch
+without Ray.
+
+Per epoch: train (augmented on the device, normalised there with the chip store's band
+statistics, bf16 autocast on CUDA), validate (confusion matrices summed over workers),
+export the model bundle to ``<run_dir>/best/`` when mIoU improved, write ``metrics.jsonl``
+and report metrics with a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from depthseg.config import Config, dump_config
+from depthseg.errors import InputError
+from depthseg.io.bundle import Contract, save_bundle
+from depthseg.io.chips import ChipStore
+from depthseg.io.storage import Storage, join, scheme_of
+from depthseg.io.weights import build_model_from_uri
+from depthseg.metrics import MEAN_KEYS, confusion_matrix, scores
+from depthseg.model import DepthSegLoss, normalize
+from depthseg.train.checkpoint import (
+    CHECKPOINT_PREFIX,
+    STATE_FILE,
+    TrainState,
+    load_state,
+    save_state,
+)
+from depthseg.train.data import Batch, augment, epoch_seed, steps_per_epoch
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run.
+
+    Attributes:
+        config: Model and training recipe.
+        chips: Chip store URI.
+        run_dir: ``<storage>/<name>``: checkpoints, ``best/``, ``metrics.jsonl``, config.
+        storage: Storage settings.
+        tensorboard: Also write TensorBoard event files (when a writer is installed).
+        fault_after_epoch: Fault injection for tests: raise after this epoch's checkpoint
+            the first time it is reached (a marker file in ``run_dir`` remembers).
+    """
+
+    config: Config
+    chips: str
+    run_dir: str
+    storage: Storage = Storage()
+    tensorboard: bool = False
+    fault_after_epoch: int | None = None
+
+
+class Feed(Protocol):
+    """Where batches come from (:class:`~depthseg.train.data.LocalFeed`, ``RayFeed``)."""
+
+    num_train: int
+
+    def train_batches(self, epoch: int) -> Iterable[Batch]: ...  # noqa: D102
+
+    def val_batches(self) -> Iterable[Batch]: ...  # noqa: D102
+
+
+class Hooks:
+    """Single-process defaults; the Ray version overrides every method."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+
+    def device(self) -> torch.device:
+        """Where the model runs."""
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """Wrap the model for data parallelism (identity in one process)."""
+        return model
+
+    def all_reduce(self, tensor: Tensor) -> Tensor:
+        """Sum over workers (identity in one process)."""
+        return tensor
+
+    def latest_checkpoint(self) -> str | None:
+        """Local directory of the latest checkpoint's ``state.pt``, or None."""
+        fs, path = self.spec.storage.fs(self.spec.run_dir)
+        if not fs.exists(path):
+            return None
+        names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+        names = [n for n in names if n.startswith(CHECKPOINT_PREFIX)]
+        if not names:
+            return None
+        uri = join(self.spec.run_dir, names[-1])
+        if scheme_of(uri) in ("", "file"):
+            return uri
+        local = tempfile.mkdtemp(prefix="depthseg-ckpt-")
+        Path(local, STATE_FILE).write_bytes(self.spec.storage.read_bytes(join(uri, STATE_FILE)))
+        return local
+
+    def report(self, metrics: dict[str, Any], checkpoint: str | None, epoch: int) -> None:
+        """Persist ``checkpoint`` (a local directory) as ``<run_dir>/checkpoint_epoch_NNNN``."""
+        if checkpoint is not None:
+            target = join(self.spec.run_dir, f"{CHECKPOINT_PREFIX}{epoch:04d}", STATE_FILE)
+            self.spec.storage.upload(Path(checkpoint) / STATE_FILE, target)
+
+
+def contract_from_store(store: ChipStore, config: Config) -> Contract:
+    """The preprocessing contract of a model trained on ``store``."""
+    schema, stats = store.schema, store.stats
+    if stats is None:
+        raise InputError(f"chip store {store.uri!r} has no band statistics; finish preparing it "
+                         "(rerun jobs/prepare.py with the same arguments)")
+    if schema.bands != config.model.in_channels:
+        raise InputError(f"chip store {store.uri!r} has {schema.bands} bands {schema.band_names} "
+                         f"but model.in_channels={config.model.in_channels}; prepare the chips "
+                         "with matching --bands or change the config")
+    if len(schema.class_names) != config.model.num_classes:
+        raise InputError(f"chip store {store.uri!r} has {len(schema.class_names)} classes but "
+                         f"model.num_classes={config.model.num_classes}; make them agree")
+    patch = config.model.encoder.patch_size
+    return Contract(
+        band_indices=schema.band_indices, band_names=schema.band_names,
+        input_dtype=schema.input_dtype, value_range=schema.value_range,
+        mean=tuple(stats["mean"]), std=tuple(stats["std"]), class_names=schema.class_names,
+        palette=schema.palette or tuple((128, 128, 128) for _ in schema.class_names),
+        tile_size=max(patch, round(schema.chip_size / patch) * patch), nodata=0,
+    )
+
+
+def build_optimizer(model: nn.Module, config: Config, total_steps: int) -> tuple[Any, Any]:
+    """AdamW over the trainable parameters and MultiStepLR at the recipe's milestones."""
+    tc = config.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay,
+                                  betas=tc.betas)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=tc.milestone_steps(total_steps), gamma=tc.lr_gamma)
+    return optimizer, scheduler
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    """bf16 autocast on CUDA when the recipe asks for it; fp32 elsewhere."""
+    if device.type == "cuda" and precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def confusion_over(model: nn.Module, batches: Iterable[Batch], mean: Tensor, std: Tensor,
+                   num_classes: int, device: torch.device, precision: str = "fp32") -> Tensor:
+    """(K, K) int64 confusion matrix of ``model`` over ``batches`` (on ``device``)."""
+    was_training = model.training
+    model.eval()
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    for batch in batches:
+        images = normalize(batch["image"].to(device, non_blocking=True), mean, std)
+        with autocast(device, precision):
+            logits = model(images).logits
+        labels = batch["label"].to(device)
+        cm += torch.from_numpy(confusion_matrix(logits.argmax(1), labels, num_classes)).to(device)
+    model.train(was_training)
+    return cm
+
+
+def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print) -> TrainState:
+    """Train (or continue training) the run ``spec``; returns the final state."""
+    hooks = hooks or Hooks(spec)
+    cfg, tc, storage = spec.config, spec.config.train, spec.storage
+    rank, world = hooks.rank, hooks.world_size
+    store = ChipStore.open(spec.chips, storage)
+    contract = contract_from_store(store, cfg)
+    device = hooks.device()
+    torch.manual_seed(tc.seed)  # identical initial weights on every worker
+    model = build_model_from_uri(cfg.model, storage).to(device)
+    worker_batch = max(1, tc.batch_size // world)
+    spe = steps_per_epoch(feed.num_train, world, worker_batch)
+    total = tc.epochs * spe
+    optimizer, scheduler = build_optimizer(model, cfg, total)
+    state = TrainState()
+    checkpoint = hooks.latest_checkpoint()
+    if checkpoint is not None:
+        state, _ = load_state(checkpoint, model, optimizer, scheduler)
+        model.to(device)
+        log_rank0(rank, log, f"resumed from {checkpoint}: epoch {state.epoch}, step {state.step}")
+    net = hooks.wrap(model)
+    loss_fn = DepthSegLoss(tc.depth_loss_weight, tc.cls_loss_weight, tc.ignore_index)
+    mean = torch.tensor(contract.mean, device=device)
+    std = torch.tensor(contract.std, device=device)
+    crop = min(tc.chip_size, store.schema.chip_size)
+    if rank == 0 and state.epoch == 0:
+        storage.write_bytes_atomic(join(spec.run_dir, "config.yaml"), dump_config(cfg).encode())
+    board = _board(spec) if rank == 0 else None
+    log_rank0(rank, log, f"train: {feed.num_train} chips, {world} worker(s) x batch "
+              f"{worker_batch}, {spe} steps/epoch, {total} steps, milestones "
+              f"{tc.milestone_steps(total)}, device {device}")
+    for epoch in range(state.epoch, tc.epochs):
+        net.train()
+        generator = torch.Generator().manual_seed(epoch_seed(tc.seed, epoch, rank))
+        sums = torch.zeros(4, dtype=torch.float64, device=device)
+        start, steps = time.perf_counter(), 0
+        for batch in feed.train_batches(epoch):
+            if steps == spe:
+                break  # every worker takes exactly `spe` steps, whatever its shard holds
+            batch = augment({k: v.to(device, non_blocking=True) for k, v in batch.items()},
+                            generator, crop)
+            images = normalize(batch["image"], mean, std)
+            with autocast(device, tc.precision):
+                out = net(images)
+            parts = loss_fn(out.logits, out.depths, batch["label"], batch["depth"].float())
+            # L_D skips a scale with no valid teacher pixel (flat or no-data chips); keep every
+            # depth output in the graph so DDP sees a gradient (zero) for every parameter.
+            keep = sum((d.float().mean() for d in out.depths), torch.zeros((), device=device))
+            optimizer.zero_grad(set_to_none=True)
+            (parts.loss + 0.0 * keep).backward()
+            optimizer.step()
+            scheduler.step()
+            steps += 1
+            state.step += 1
+            n = images.shape[0]
+            sums += torch.stack([parts.loss.detach() * n, parts.l_depth.detach() * n,
+                                 parts.l_cls.detach() * n,
+                                 torch.tensor(n, device=device)]).double()
+        seconds = time.perf_counter() - start
+        sums = hooks.all_reduce(sums)
+        cm = hooks.all_reduce(confusion_over(model, feed.val_batches(), mean, std,
+                                             cfg.model.num_classes, device, tc.precision))
+        metrics = _metrics(epoch + 1, state.step, sums, cm, optimizer, seconds, store)
+        state.epoch = epoch + 1
+        state.history.append(metrics)
+        improved = metrics.get("val_mIoU", -1.0) > state.best_miou or cm.sum() == 0
+        if rank == 0 and improved:
+            state.best_miou = max(state.best_miou, metrics.get("val_mIoU", -1.0))
+            save_bundle(join(spec.run_dir, "best"), model, cfg.model, contract, storage)
+        metrics["best_mIoU"] = state.best_miou
+        if rank == 0:
+            lines = "".join(json.dumps(m) + "\n" for m in state.history)
+            storage.write_bytes_atomic(join(spec.run_dir, "metrics.jsonl"), lines.encode())
+            if board is not None:
+                for key, value in metrics.items():
+                    if isinstance(value, float) and math.isfinite(value):
+                        board.add_scalar(key, value, state.step)
+        log_rank0(rank, log, format_epoch(metrics, tc.epochs))
+        with tempfile.TemporaryDirectory(prefix="depthseg-ckpt-") as tmp:
+            ckpt = None
+            if rank == 0:
+                save_state(tmp, model, optimizer, scheduler, state,
+                           {"total_steps": total, "config": cfg.to_dict()})
+                ckpt = tmp
+            hooks.report(metrics, ckpt, state.epoch)
+        _maybe_fault(spec, state.epoch, storage)
+    if board is not None:
+        board.close()
+    return state
+
+
+def log_rank0(rank: int, log: Any, message: str) -> None:
+    """Print once per run, not once per worker."""
+    if rank == 0:
+        log(message)
+
+
+def _metrics(epoch: int, step: int, sums: Tensor, cm: Tensor, optimizer: Any, seconds: float,
+             store: ChipStore) -> dict[str, Any]:
+    loss, l_depth, l_cls, n = (float(v) for v in sums.cpu())
+    metrics: dict[str, Any] = {
+        "epoch": epoch, "step": step, "lr": float(optimizer.param_groups[0]["lr"]),
+        "loss": loss / max(n, 1), "l_depth": l_depth / max(n, 1), "l_cls": l_cls / max(n, 1),
+        "samples_per_s": n / max(seconds, 1e-9), "train_seconds": seconds,
+    }
+    if int(cm.sum()) > 0:
+        result = scores(cm.cpu().numpy(), store.schema.class_names)
+        metrics.update({f"val_{k}": float(result[k]) for k in MEAN_KEYS})
+        metrics["val_per_class_iou"] = {k: v["iou"] for k, v in result["per_class"].items()}
+    return metrics
+
+
+def format_epoch(m: dict[str, Any], epochs: int) -> str:
+    """One terminal line per epoch."""
+    line = (f"epoch {m['epoch']}/{epochs} step {m['step']} loss {m['loss']:.4f} "
+            f"(depth {m['l_depth']:.4f}, cls {m['l_cls']:.4f}) lr {m['lr']:.2e} "
+            f"{m['samples_per_s']:.1f} samples/s")
+    if "val_mIoU" in m:
+        line += " | val " + " ".join(f"{k} {100 * m[f'val_{k}']:.2f}" for k in MEAN_KEYS)
+    return line
+
+
+def _board(spec: RunSpec) -> Any:
+    if not spec.tensorboard:
+        return None
+    if scheme_of(spec.run_dir) not in ("", "file"):
+        print("tensorboard: event files are written to local run dirs only; see metrics.jsonl")
+        return None
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            print("tensorboard: neither tensorboardX nor tensorboard is installed; metrics are "
+                  "in metrics.jsonl (pip install tensorboard to get event files)")
+            return None
+    return SummaryWriter(str(Path(spec.run_dir) / "tensorboard"))
+
+
+def _maybe_fault(spec: RunSpec, epoch: int, storage: Storage) -> None:
+    if spec.fault_after_epoch is None or epoch != spec.fault_after_epoch:
+        return
+    marker = join(spec.run_dir, f"fault_injected_{epoch}")
+    if storage.exists(marker):
+        return
+    storage.write_bytes_atomic(marker, b"1")
+    raise RuntimeError(f"injected fault after epoch {epoch} (RunSpec.fault_after_epoch)")

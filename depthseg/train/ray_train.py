@@ -1,0 +1,202 @@
+"""Ray Train around :func:`depthseg.train.loop.fit`: the handful of Ray lines live here.
+
+* ``TorchTrainer`` with one worker per GPU (CPU workers without GPUs);
+* training chips from a Ray Dataset, one equal shard per worker (``get_dataset_shard`` +
+  ``iter_torch_batches``); validation chips are read from the store by each worker, every
+  ``world``-th chip, because Ray's equal split would drop up to ``world - 1`` of them and the
+  metrics must count every chip;
+* DDP via ``ray.train.torch.prepare_model``, with the frozen encoder's parameters excluded
+  from DDP (nothing to all-reduce, nothing to broadcast);
+* confusion matrices and loss sums added over workers with ``torch.distributed.all_reduce``;
+* a checkpoint per epoch reported with ``ray.train.report``; ``FailureConfig(max_failures)``
+  restarts the worker group from the latest checkpoint, and a new ``fit`` of the same run
+  name and storage path (``--resume``) continues from it too (Ray Train v2 restores its
+  checkpoint manager from ``checkpoint_manager_snapshot.json`` in the run folder, and
+  ``ray.train.get_checkpoint()`` returns the latest checkpoint in both cases).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from depthseg.errors import InputError
+from depthseg.io.chips import ChipStore
+from depthseg.io.storage import Storage, join, scheme_of
+from depthseg.train.checkpoint import CHECKPOINT_PREFIX, frozen_names
+from depthseg.train.data import Batch, RayFeed, ray_datasets, read_chips
+from depthseg.train.loop import Hooks, RunSpec, fit
+
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train v2's run-state file
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How many workers and what they hold.
+
+    Attributes:
+        num_workers: Training workers (one per GPU with ``gpu``).
+        gpu: One GPU per worker.
+        max_failures: Worker-group restarts from the latest checkpoint before giving up.
+        keep_checkpoints: Checkpoints kept in storage (the newest ones).
+        cpus_per_worker: CPUs reserved per worker. Ray Data's read tasks get what the workers
+            leave over, so on a small machine (2 CPUs, 2 workers) use a fraction (0.5).
+    """
+
+    num_workers: int = 1
+    gpu: bool = False
+    max_failures: int = 3
+    keep_checkpoints: int = 2
+    cpus_per_worker: float = 1.0
+
+
+def ray_storage(uri: str, storage: Storage) -> tuple[str, Any]:
+    """``(storage_path, storage_filesystem)`` for ``RunConfig`` (pyarrow wraps s3fs)."""
+    fs, path = storage.fs(uri)
+    if scheme_of(uri) in ("", "file"):
+        return path, None
+    import pyarrow.fs
+
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+class RayHooks(Hooks):
+    """Distribution, checkpoints and reporting through Ray Train."""
+
+    def __init__(self, spec: RunSpec) -> None:
+        import ray.train
+
+        super().__init__(spec)
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+
+    def device(self) -> torch.device:
+        """The worker's device (its GPU, or the CPU)."""
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """DDP over the trainable parameters only."""
+        import ray.train.torch
+
+        # Frozen parameters take no gradient: keep them out of DDP's buckets and broadcast.
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            model, sorted(frozen_names(model)))
+        return ray.train.torch.prepare_model(model, move_to_device=False)
+
+    def all_reduce(self, tensor: Tensor) -> Tensor:
+        """Sum over workers."""
+        if self.world_size > 1:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def latest_checkpoint(self) -> str | None:
+        """The checkpoint Ray hands back after a failure or on a resumed run."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        return checkpoint.to_directory(tempfile.mkdtemp(prefix="depthseg-ckpt-"))
+
+    def report(self, metrics: dict[str, Any], checkpoint: str | None, epoch: int) -> None:
+        """Report metrics (every worker) with rank 0's checkpoint."""
+        import ray.train
+
+        flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+        ray.train.report(
+            flat,
+            checkpoint=None if checkpoint is None else ray.train.Checkpoint.from_directory(
+                checkpoint),
+            checkpoint_dir_name=f"{CHECKPOINT_PREFIX}{epoch:04d}",
+        )
+
+
+class RayWorkerFeed(RayFeed):
+    """Training batches from the Ray shard, validation chips from the store."""
+
+    def __init__(self, spec: RunSpec, num_train: int, batch_size: int, rank: int,
+                 world: int) -> None:
+        super().__init__(num_train, batch_size, spec.config.train.seed, has_val=False)
+        self.store = ChipStore.open(spec.chips, spec.storage)
+        self.val = self.store.indices("val")[rank::world]
+
+    def val_batches(self) -> Any:
+        """Every ``world``-th validation chip, from this worker's rank on."""
+        for start in range(0, len(self.val), self.batch_size):
+            chunk = read_chips(self.store, self.val[start:start + self.batch_size])
+            batch: Batch = {k: torch.from_numpy(np.ascontiguousarray(v))
+                            for k, v in chunk.items()}
+            yield batch
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function."""
+    spec: RunSpec = config["spec"]
+    hooks = RayHooks(spec)
+    worker_batch = max(1, spec.config.train.batch_size // hooks.world_size)
+    feed = RayWorkerFeed(spec, config["num_train"], worker_batch, hooks.rank, hooks.world_size)
+    fit(spec, feed, hooks)
+
+
+def run_exists(run_dir: str, storage: Storage) -> bool:
+    """Whether ``run_dir`` holds a Ray Train run (its checkpoint-manager snapshot)."""
+    return storage.exists(join(run_dir, SNAPSHOT))
+
+
+def train(spec: RunSpec, name: str, storage_uri: str, scaling: Scaling,
+          resume: bool = False) -> Any:
+    """Run (or, with ``resume``, continue) the training run ``<storage_uri>/<name>``.
+
+    ``spec.run_dir`` is replaced by ``<storage_uri>/<name>``, Ray's folder of the run.
+
+    Returns:
+        Ray's ``Result`` (metrics of the last epoch, the latest checkpoint, the run path).
+
+    Raises:
+        InputError: the run exists and ``resume`` is off, or ``resume`` finds no run.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    # Ray keeps the run in <storage_path>/<name>; our artefacts go to the same folder.
+    spec = dataclasses.replace(spec, run_dir=join(storage_uri, name))
+    exists = run_exists(spec.run_dir, spec.storage)
+    if exists and not resume:
+        raise InputError(f"run {name!r} already exists in {storage_uri!r}; pass --resume to "
+                         "continue it or choose another --name")
+    if resume and not exists:
+        raise InputError(f"--resume found no run {name!r} in {storage_uri!r} (no {SNAPSHOT}); "
+                         "check --name and --storage, or drop --resume to start one")
+    store = ChipStore.open(spec.chips, spec.storage)
+    num_train = int(len(store.indices("train")))
+    storage_path, filesystem = ray_storage(storage_uri, spec.storage)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"spec": spec, "num_train": num_train},
+        scaling_config=_scaling_config(scaling),
+        run_config=RunConfig(
+            name=name, storage_path=storage_path, storage_filesystem=filesystem,
+            failure_config=FailureConfig(max_failures=scaling.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=scaling.keep_checkpoints),
+        ),
+        datasets=ray_datasets(spec.chips, spec.storage, splits=("train",)),
+    )
+    return trainer.fit()
+
+
+def _scaling_config(scaling: Scaling) -> Any:
+    from ray.train import ScalingConfig
+
+    if scaling.num_workers < 1:
+        raise InputError(f"--num-workers {scaling.num_workers} must be >= 1")
+    return ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.gpu,
+                         resources_per_worker={"CPU": scaling.cpus_per_worker,
+                                               **({"GPU": 1} if scaling.gpu else {})})

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from train_helpers import load_job, make_scenes
+
+from depthseg.config import load_config
+from depthseg.io.bundle import load_bundle
+from depthseg.io.chips import ChipStore
+from depthseg.io.storage import Storage
+from depthseg.metrics import confusion_matrix, scores
+from depthseg.train.checkpoint import STATE_FILE
+from depthseg.train.data import LocalFeed, augment
+from depthseg.train.evaluate import evaluate
+from depthseg.train.loop import RunSpec, build_optimizer, fit
+from depthseg.train.prepare import PrepareOptions, prepare_chips
+
+CONFIG = load_config("configs/tiny.yaml")
+
+
+def _config(epochs: int = 3, batch: int = 2):
+    return dataclasses.replace(CONFIG, train=dataclasses.replace(CONFIG.train, epochs=epochs,
+                                                                 batch_size=batch))
+
+
+@pytest.fixture(scope="module")
+def chip_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loop")
+    data = make_scenes(root, size=128)
+    out = str(root / "store")
+    prepare_chips(PrepareOptions(out=out, scenes=(str(root / "scenes"),), label=str(data["labels"]),
+                                 height=str(data["height"]), chip_size=32, block=1,
+                                 fractions=(0.6, 0.2, 0.2)), log=lambda *_: None)
+    return out
+
+
+def _fit(store, run_dir, config, **kw):
+    spec = RunSpec(config, store, str(run_dir), Storage(), **kw)
+    return fit(spec, LocalFeed(store, Storage(), config.train.batch_size, config.train.seed),
+               log=lambda *_: None)
+
+
+def test_lr_milestones_fall_at_30_and_60_percent():
+    model = torch.nn.Linear(2, 2)
+    optimizer, scheduler = build_optimizer(model, CONFIG, total_steps=20)
+    lrs = []
+    for _ in range(20):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    lr = CONFIG.train.lr
+    assert lrs[5] == pytest.approx(lr) and lrs[6] == pytest.approx(lr * 0.2)
+    assert lrs[11] == pytest.approx(lr * 0.2) and lrs[12] == pytest.approx(lr * 0.04)
+    assert CONFIG.train.milestone_steps(20) == [6, 12]
+
+
+def test_augment_moves_image_label_and_depth_together():
+    image = torch.arange(2 * 3 * 8 * 8).reshape(2, 3, 8, 8)
+    batch = {"image": image, "label": image[:, 0].clone(), "depth": image[:, 0].float()}
+    out = augment(batch, torch.Generator().manual_seed(1), crop=6)
+    assert out["image"].shape == (2, 3, 6, 6)
+    assert torch.equal(out["image"][:, 0], out["label"]) and torch.equal(
+        out["label"].float(), out["depth"])
+
+
+def test_stopped_then_resumed_run_equals_the_uninterrupted_one(chip_store, tmp_path):
+    config = _config(epochs=3)
+    full = _fit(chip_store, tmp_path / "full", config)
+    with pytest.raises(RuntimeError, match="injected fault"):
+        _fit(chip_store, tmp_path / "cut", config, fault_after_epoch=1)
+    assert sorted(p.name for p in (tmp_path / "cut").glob("checkpoint_epoch_*")) == [
+        "checkpoint_epoch_0001"]
+    resumed = _fit(chip_store, tmp_path / "cut", config, fault_after_epoch=1)
+    assert (resumed.epoch, resumed.step) == (full.epoch, full.step) == (3, 3 * full.step // 3)
+    a = torch.load(tmp_path / "full" / "checkpoint_epoch_0003" / STATE_FILE, weights_only=False)
+    b = torch.load(tmp_path / "cut" / "checkpoint_epoch_0003" / STATE_FILE, weights_only=False)
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == full.step
+    assert a["scheduler"]["_last_lr"] == b["scheduler"]["_last_lr"]
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]
+    for k, state in a["optimizer"]["state"].items():
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(state[name], b["optimizer"]["state"][k][name])
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(tensor, b["model"][name])
+    assert [m["loss"] for m in full.history] == pytest.approx([m["loss"] for m in resumed.history])
+
+
+def test_checkpoint_leaves_the_frozen_encoder_out(chip_store, tmp_path):
+    state = _fit(chip_store, tmp_path, _config(epochs=1))
+    saved = torch.load(tmp_path / "checkpoint_epoch_0001" / STATE_FILE, weights_only=False)
+    assert not any(k.startswith("encoder.vit.") for k in saved["model"])
+    assert state.epoch == 1 and (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
+    bundle = load_bundle(str(tmp_path / "best"))
+    store = ChipStore.open(chip_store)
+    assert bundle.contract.mean == tuple(store.stats["mean"])
+    assert bundle.contract.class_names == store.schema.class_names
+
+
+def test_s3_chip_store_trains_like_a_local_one(chip_store, tmp_path, s3_prefix, s3_storage):
+    from depthseg.io.storage import join
+
+    fs, path = s3_storage.fs(s3_prefix)
+    fs.put(chip_store, path + "/store", recursive=True)
+    s3_chips = join(s3_prefix, "store")
+    config = _config(epochs=1)
+    local = _fit(chip_store, tmp_path / "local", config)
+    spec = RunSpec(config, s3_chips, join(s3_prefix, "run"), s3_storage)
+    remote = fit(spec, LocalFeed(s3_chips, s3_storage, 2, 0), log=lambda *_: None)
+    assert remote.history[0]["loss"] == pytest.approx(local.history[0]["loss"], rel=1e-6)
+    assert fs.exists(path + "/run/best/bundle.json")
+    assert fs.exists(path + "/run/checkpoint_epoch_0001/state.pt")
+
+
+def test_evaluate_writes_reports_matching_direct_scores(chip_store, tmp_path, capsys):
+    _fit(chip_store, tmp_path / "run", _config(epochs=1))
+    job = load_job("evaluate")
+    assert job.main(["--model", str(tmp_path / "run" / "best"), "--chips", chip_store,
+                     "--split", "test", "--out", str(tmp_path / "report")]) == 0
+    assert "| mPre | mRecall | mF1 | mIoU | OA | Kappa |" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert (tmp_path / "report" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert "mIoU" in (tmp_path / "report" / "metrics.md").read_text()
+    # The same numbers straight from the model and the chips.
+    bundle = load_bundle(str(tmp_path / "run" / "best"))
+    store = ChipStore.open(chip_store)
+    chips = store.read(store.indices("test"))
+    from depthseg.model import normalize
+    with torch.no_grad():
+        x = normalize(torch.from_numpy(chips["image"]), bundle.contract.mean, bundle.contract.std)
+        pred = bundle.model(x).logits.argmax(1)
+    direct = scores(confusion_matrix(pred, torch.from_numpy(chips["label"]), 7),
+                    bundle.contract.class_names)
+    assert np.array_equal(np.array(doc["confusion_matrix"]),
+                          confusion_matrix(pred, torch.from_numpy(chips["label"]), 7))
+    for key in ("mPre", "mRecall", "mF1", "mIoU", "OA", "Kappa"):
+        assert doc[key] == pytest.approx(direct[key])
+    again = evaluate(str(tmp_path / "run" / "best"), chip_store, "test")
+    assert again.scores["mIoU"] == pytest.approx(direct["mIoU"])
