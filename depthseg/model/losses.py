@@ -144,11 +144,16 @@ def depth_loss(
             t = F.adaptive_avg_pool2d(target * valid, size) / mass.clamp_min(1e-6)
             v = (mass > 0.5).float()
         score, has_valid = ssim(pred, t, v, window, sigma)
-        if bool(has_valid.any()):
-            losses.append(1 - score[has_valid].mean())
+        counted = has_valid.float()  # (B,)
+        # Every scale stays in the graph, valid or not: DDP expects a gradient for every
+        # trainable parameter on every step, and no `if` on tensor values means no device sync.
+        scale_loss = ((1 - score) * counted).sum() / counted.sum().clamp_min(1)
+        losses.append((scale_loss, (counted.sum() > 0).float()))
     if not losses:
-        return depths[0].sum() * 0.0 if depths else teacher.new_zeros((), dtype=torch.float32)
-    return torch.stack(losses).mean()
+        return teacher.new_zeros((), dtype=torch.float32)
+    values = torch.stack([value for value, _ in losses])
+    present = torch.stack([flag for _, flag in losses])
+    return (values * present).sum() / present.sum().clamp_min(1)
 
 
 class DepthSegLoss(nn.Module):

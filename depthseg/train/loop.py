@@ -224,11 +224,8 @@ def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print)
             with autocast(device, tc.precision):
                 out = net(images)
             parts = loss_fn(out.logits, out.depths, batch["label"], batch["depth"].float())
-            # L_D skips a scale with no valid teacher pixel (flat or no-data chips); keep every
-            # depth output in the graph so DDP sees a gradient (zero) for every parameter.
-            keep = sum((d.float().mean() for d in out.depths), torch.zeros((), device=device))
             optimizer.zero_grad(set_to_none=True)
-            (parts.loss + 0.0 * keep).backward()
+            parts.loss.backward()
             optimizer.step()
             scheduler.step()
             steps += 1

@@ -91,3 +91,13 @@ def test_total_is_the_weighted_sum_and_depthless_models_have_no_depth_term():
     assert parts.l_depth > 0
     assert DepthSegLoss()(logits, [], labels, t).l_depth == 0
     assert DepthSegLoss()(logits, depths, labels, None).l_depth == 0
+
+
+def test_every_depth_scale_gets_a_gradient_even_without_valid_teacher_pixels():
+    # DDP needs a gradient for every trainable parameter on every step.
+    depths = [torch.rand(2, 1, s, s, requires_grad=True) for s in (32, 16, 8)]
+    teacher = torch.full((2, 1, 32, 32), float("nan"))
+    loss = depth_loss(depths, teacher)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(d.grad is not None and torch.isfinite(d.grad).all() for d in depths)
