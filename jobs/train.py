@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         import ray
+        import ray.data
         import ray.train
 
         config = load_config(args.config)
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         # Workers inherit the S3 settings through Storage; Ray itself is set up here only.
         ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS"),
                  log_to_driver=True, configure_logging=False)
+        # The epoch lines are the progress display; Ray Data's bars would drown them.
+        ray.data.DataContext.get_current().enable_progress_bars = False
         workers = args.num_workers
         if workers is None:
             workers = max(1, int(ray.cluster_resources().get("GPU", 0))) if args.gpu else 1
