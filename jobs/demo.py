@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "demo-out", help="output folder")
     parser.add_argument("--size", type=int, default=2048, help="region size in pixels")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=12, help="training epochs (tiny preset)")
+    parser.add_argument("--epochs", type=int, default=25, help="training epochs (tiny preset)")
     args = parser.parse_args(argv)
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
