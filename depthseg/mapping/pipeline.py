@@ -12,11 +12,12 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from depthseg.errors import InputError
 from depthseg.geo import ChunkId
-from depthseg.io.bundle import Bundle, read_manifest
+from depthseg.io.bundle import Bundle, Contract, read_manifest
 from depthseg.io.catalog import open_catalog
 from depthseg.io.storage import Storage, join
 from depthseg.mapping.finalize import finalize
@@ -44,6 +45,31 @@ def _start_output(request: MapRequest, plan: Plan, storage: Storage, mosaic: Mos
     mosaic.create(plan.grid, attrs)
     storage.write_bytes_atomic(plan_uri, plan.to_json())
     return set()
+
+
+def mosaic_attrs(request: MapRequest, contract: Contract) -> dict[str, Any]:
+    """The attributes of a run's Zarr mosaic group."""
+    return {"depthseg_mapping": {"model": request.model, "imagery": request.imagery,
+                                 "class_names": list(contract.class_names),
+                                 "palette": [list(c) for c in contract.palette],
+                                 "nodata": {"landcover": 255, "confidence": 0, "depth": "NaN"}}}
+
+
+def open_output(request: MapRequest, plan: Plan, contract: Contract,
+                storage: Storage) -> set[ChunkId]:
+    """Create a run's output without mapping, or reopen it; returns the chunks already done.
+
+    Writes the mosaic skeleton, then ``plan.json``, as ``map_region`` does; an output that
+    holds the same plan is reopened.
+
+    ``map_region`` with ``resume=True`` then continues it (the scheduler uses this to carry
+    chunks of an earlier run over before mapping the rest).
+
+    Raises:
+        InputError: The output holds a different plan.
+    """
+    return _start_output(replace(request, resume=True), plan, storage,
+                         Mosaic(request.out, storage), mosaic_attrs(request, contract))
 
 
 def _ray_stream(ctx: ChunkContext, chunks: list[ChunkId], request: MapRequest,
@@ -99,12 +125,7 @@ def map_region(request: MapRequest, storage: Storage | None = None,
     catalog = open_catalog(request.imagery, storage, asset=request.stac_asset)
     plan = make_plan(request, catalog, contract)
     mosaic = Mosaic(request.out, storage)
-    attrs = {"depthseg_mapping": {"model": request.model, "imagery": request.imagery,
-                                  "class_names": list(contract.class_names),
-                                  "palette": [list(c) for c in contract.palette],
-                                  "nodata": {"landcover": 255, "confidence": 0,
-                                             "depth": "NaN"}}}
-    already = _start_output(request, plan, storage, mosaic, attrs)
+    already = _start_output(request, plan, storage, mosaic, mosaic_attrs(request, contract))
     todo = [c for c in plan.chunks if c not in already]
     report.start(plan, already=len(already), todo=len(todo))
     report.seconds["plan"] = time.perf_counter() - started

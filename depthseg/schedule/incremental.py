@@ -1,0 +1,323 @@
+"""Incremental runs: recompute only the chunks whose scenes changed, carry the rest over.
+
+A chunk's result depends only on the model, the plan's grid/tiles/bands and the scenes that
+meet its read window (chunk + halo), in composite order. :func:`plan_run` fingerprints those
+for every planned chunk and compares them with the ledger of the last complete run (from
+``latest.json``); :func:`execute_run` copies the unchanged chunks' three mosaic layers from
+that run, then lets :func:`~depthseg.mapping.map_region` (``resume=True``) compute the others
+and finalise the whole run folder (COGs, VRT, STAC, quicklook, run.json).
+
+A run folder left by a crashed or failed attempt at the same fire time is resumed when its
+ledger was started from the same model, plan and per-chunk scenes (done chunks are kept, the
+rest is computed); otherwise it is removed and the run starts clean.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+import rasterio
+
+from depthseg.geo import ChunkId, chunk_read_window
+from depthseg.io.bundle import Bundle, read_manifest
+from depthseg.io.catalog import Catalog, open_catalog
+from depthseg.io.storage import Storage, join, with_retries
+from depthseg.mapping.pipeline import PLAN, map_region, open_output
+from depthseg.mapping.plan import MapRequest, Plan, make_plan
+from depthseg.mapping.report import RunReport
+from depthseg.mapping.write import Mosaic
+from depthseg.schedule.cadence import format_time, run_id
+from depthseg.schedule.ledger import (
+    model_fingerprint,
+    now_text,
+    plan_fingerprint,
+    read_latest,
+    read_ledger,
+    scene_fingerprints,
+    write_latest,
+    write_ledger,
+)
+from depthseg.schedule.regions import Region
+
+Log = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
+class RunPlan:
+    """What one scheduled run of a region will do (computed without writing anything).
+
+    Attributes:
+        region: The region.
+        run_id: Run id (from the fire time).
+        scheduled_for: The fire time, ISO text.
+        run_uri: ``<out>/runs/<run id>``.
+        request: The map_region request of the run (``resume=True``).
+        plan: The mapping plan.
+        model_fp: Model fingerprint.
+        plan_fp: Plan fingerprint.
+        scenes: chunk key -> scenes its read window meets: ``{uri, fingerprint, acquired}``
+            in composite order.
+        carry: Chunks carried over from the previous complete run.
+        compute: Chunks to compute.
+        previous: The previous complete run's ``latest.json``, or None.
+        origin: chunk key -> run id that computed a carried chunk.
+        reason: Why nothing can be carried (no previous run, model or plan changed), or "".
+        changed: Scenes that changed / appeared / disappeared since the previous run.
+    """
+
+    region: Region
+    run_id: str
+    scheduled_for: str
+    run_uri: str
+    request: MapRequest
+    plan: Plan
+    model_fp: str
+    plan_fp: str
+    scenes: dict[str, list[dict[str, Any]]]
+    carry: list[ChunkId]
+    compute: list[ChunkId]
+    previous: dict[str, Any] | None
+    origin: dict[str, str] = field(default_factory=dict)
+    reason: str = ""
+    changed: dict[str, list[str]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line: counts and the reason."""
+        base = (f"{len(self.plan.chunks)} chunks: {len(self.compute)} to compute, "
+                f"{len(self.carry)} carried over")
+        return base + (f" ({self.reason})" if self.reason else
+                       f" from run {self.previous['run']}" if self.previous else "")
+
+
+def read_window_bounds(plan: Plan, chunk: ChunkId) -> tuple[float, float, float, float]:
+    """Bounds (output CRS) of the chunk's read window: chunk + halo, as the reader reads it."""
+    window = chunk_read_window(plan.grid.chunk_window(chunk), plan.tiles.halo_px)
+    return rasterio.transform.array_bounds(window.height, window.width,
+                                           plan.grid.window_transform(window))
+
+
+def chunk_scenes(catalog: Catalog, plan: Plan, storage: Storage
+                 ) -> dict[str, list[dict[str, Any]]]:
+    """For every planned chunk, the scenes meeting its read window, with fingerprints."""
+    meeting = {c.key: catalog.scenes_intersecting(read_window_bounds(plan, c), plan.grid.crs)
+               for c in plan.chunks}
+    prints = scene_fingerprints([s for scenes in meeting.values() for s in scenes], storage)
+    return {key: [{"uri": s.uri, "fingerprint": prints[s.uri], "acquired": s.acquired}
+                  for s in scenes] for key, scenes in meeting.items()}
+
+
+def _scene_changes(before: dict[str, Any], now: dict[str, list[dict[str, Any]]]
+                   ) -> dict[str, list[str]]:
+    old = {s["uri"]: s["fingerprint"] for c in before.values() for s in c.get("scenes", [])}
+    new = {s["uri"]: s["fingerprint"] for c in now.values() for s in c}
+    return {"changed": sorted(u for u in new if u in old and old[u] != new[u]),
+            "new": sorted(u for u in new if u not in old),
+            "gone": sorted(u for u in old if u not in new)}
+
+
+def plan_run(region: Region, fire: datetime, storage: Storage, gpus: int = 0,
+             executor: str = "ray") -> RunPlan:
+    """Plan the run of ``region`` for fire time ``fire``; reads only, writes nothing.
+
+    Raises:
+        InputError: Bad region inputs (model, imagery, bbox).
+        StorageError: Unreadable inputs or ledgers.
+    """
+    rid = run_id(fire)
+    run_uri = join(region.runs_uri(), rid)
+    request = replace(region.request(run_uri, gpus=gpus, executor=executor), resume=True)
+    contract = read_manifest(region.model, storage)[1]
+    catalog = open_catalog(region.imagery, storage, asset=request.stac_asset)
+    plan = make_plan(request, catalog, contract)
+    model_fp = model_fingerprint(region.model, storage)
+    plan_fp = plan_fingerprint(plan)
+    scenes = chunk_scenes(catalog, plan, storage)
+    previous = read_latest(region.out, storage)
+    run = RunPlan(region=region, run_id=rid, scheduled_for=format_time(fire), run_uri=run_uri,
+                  request=request, plan=plan, model_fp=model_fp, plan_fp=plan_fp,
+                  scenes=scenes, carry=[], compute=list(plan.chunks), previous=previous)
+    if previous is None:
+        run.reason = "no previous complete run"
+        return run
+    ledger = read_ledger(str(previous["uri"]), storage)
+    if ledger is None:
+        run.reason = f"previous run {previous['uri']!r} has no ledger"
+        return run
+    run.changed = _scene_changes(ledger.get("chunks", {}), scenes)
+    if ledger.get("model", {}).get("fingerprint") != model_fp:
+        run.reason = "model changed"
+        return run
+    if ledger.get("plan", {}).get("fingerprint") != plan_fp:
+        run.reason = "plan changed (grid, tiles or bands)"
+        return run
+    done = Mosaic(str(previous["uri"]), storage).done_chunks()
+    carry, compute = [], []
+    for chunk in plan.chunks:
+        before = ledger.get("chunks", {}).get(chunk.key)
+        if before is not None and chunk in done and before.get("scenes") == scenes[chunk.key]:
+            carry.append(chunk)
+            run.origin[chunk.key] = str(before.get("origin") or ledger.get("run"))
+        else:
+            compute.append(chunk)
+    run.carry, run.compute = carry, compute
+    return run
+
+
+def _ledger(run: RunPlan, status: str, states: dict[str, str] | None = None,
+            report: RunReport | None = None, started_at: str | None = None) -> dict[str, Any]:
+    carried = {c.key for c in run.carry}
+    chunks = {}
+    for chunk in run.plan.chunks:
+        key = chunk.key
+        state = (states or {}).get(key, "carried" if key in carried else "planned")
+        chunks[key] = {"scenes": run.scenes[key], "state": state,
+                       "origin": run.origin.get(key, run.run_id) if key in carried
+                       else run.run_id}
+    counts = {"planned": len(run.plan.chunks), "carried": len(run.carry),
+              "recomputed": len(run.compute)}
+    if states is not None:
+        counts.update(done=sum(s != "failed" for s in states.values()),
+                      failed=sum(s == "failed" for s in states.values()))
+    return {"region": run.region.name, "run": run.run_id, "scheduled_for": run.scheduled_for,
+            "status": status, "started_at": started_at or now_text(),
+            "completed_at": now_text() if status in ("complete", "failed") else None,
+            "previous": run.previous["run"] if run.previous else None,
+            "reason": run.reason, "scene_changes": run.changed,
+            "model": {"uri": run.region.model, "fingerprint": run.model_fp},
+            "plan": {"uri": join(run.run_uri, PLAN), "fingerprint": run.plan_fp},
+            "counts": counts, "chunks": chunks,
+            "failed_chunks": dict(sorted(report.failed.items())) if report else {}}
+
+
+def _can_resume(run: RunPlan, storage: Storage) -> bool:
+    """Whether an existing run folder was started from exactly this run plan."""
+    try:
+        ledger = read_ledger(run.run_uri, storage)
+        stored_plan = storage.read_bytes(join(run.run_uri, PLAN))
+    except Exception:  # noqa: BLE001 - anything unreadable: start clean
+        return False
+    if ledger is None or stored_plan != run.plan.to_json():
+        return False
+    stored = {k: v.get("scenes") for k, v in ledger.get("chunks", {}).items()}
+    return (ledger.get("model", {}).get("fingerprint") == run.model_fp
+            and ledger.get("plan", {}).get("fingerprint") == run.plan_fp
+            and stored == run.scenes
+            and sorted(k for k, v in ledger["chunks"].items() if v.get("state") == "carried")
+            == sorted(c.key for c in run.carry))
+
+
+def _remove(uri: str, storage: Storage) -> None:
+    fs, path = storage.fs(uri)
+    if with_retries(lambda: fs.exists(path)):
+        with_retries(lambda: fs.rm(path, recursive=True))
+
+
+def carry_over(run: RunPlan, storage: Storage, threads: int = 4) -> int:
+    """Copy the carried chunks' layers from the previous run; returns how many were copied."""
+    if not run.carry:
+        return 0
+    assert run.previous is not None
+    source = Mosaic(str(run.previous["uri"]), storage)
+    target = Mosaic(run.run_uri, storage)
+    have = target.done_chunks()
+    todo = [c for c in run.carry if c not in have]
+    grid = run.plan.grid
+    _ = source.group, target.group  # open both once, before the threads share them
+
+    def copy(chunk: ChunkId) -> None:
+        target.write_chunk(grid, chunk, source.read_chunk(grid, chunk))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(todo)))) as pool:
+        list(pool.map(copy, todo))
+    return len(todo)
+
+
+@dataclass
+class RunResult:
+    """What one executed run did."""
+
+    run: RunPlan
+    report: RunReport
+    ok: bool
+    copied: int
+
+    def counts(self) -> dict[str, int]:
+        """Planned / carried / recomputed / failed chunk counts."""
+        return {"planned": len(self.run.plan.chunks), "carried": len(self.run.carry),
+                "recomputed": len(self.run.compute), "failed": len(self.report.failed)}
+
+
+def execute_run(run: RunPlan, storage: Storage, bundle: Bundle | None = None,
+                log: Log | None = None) -> RunResult:
+    """Carry chunks over, map the rest into the run folder, then move ``latest`` if complete.
+
+    Args:
+        run: From :func:`plan_run`.
+        storage: Storage settings.
+        bundle: A loaded bundle instead of ``region.model`` (tests).
+        log: Progress lines (default: stderr).
+    """
+    log = log or _stderr
+    contract = bundle.contract if bundle is not None else read_manifest(run.region.model,
+                                                                         storage)[1]
+    if storage.exists(join(run.run_uri, PLAN)):
+        if _can_resume(run, storage):
+            log(f"{run.region.name}: resuming run folder {run.run_uri}")
+        else:
+            log(f"{run.region.name}: run folder {run.run_uri} holds an attempt with other "
+                "inputs; starting it clean")
+            _remove(run.run_uri, storage)
+    elif storage.exists(run.run_uri):
+        _remove(run.run_uri, storage)  # debris without a plan
+    previous_ledger = read_ledger(run.run_uri, storage) if storage.exists(
+        join(run.run_uri, PLAN)) else None
+    started_at = (previous_ledger or {}).get("started_at") or now_text()
+    open_output(run.request, run.plan, contract, storage)
+    write_ledger(run.run_uri, storage, _ledger(run, "running", started_at=started_at))
+    copied = carry_over(run, storage)
+    log(f"{run.region.name}: run {run.run_id}: {run.summary()}; copied {copied} chunks")
+    report = map_region(run.request, storage, bundle=bundle, log=log)
+    done = {c.key for c in Mosaic(run.run_uri, storage).done_chunks()}
+    carried = {c.key for c in run.carry}
+    states = {c.key: ("failed" if c.key not in done else
+                      "carried" if c.key in carried else "computed") for c in run.plan.chunks}
+    ok = report.ok and all(s != "failed" for s in states.values())
+    ledger = _ledger(run, "complete" if ok else "failed", states, report, started_at)
+    write_ledger(run.run_uri, storage, ledger)
+    if ok:
+        write_latest(run.region.out, storage, {
+            "region": run.region.name, "run": run.run_id, "uri": run.run_uri,
+            "scheduled_for": run.scheduled_for, "completed_at": ledger["completed_at"],
+            "counts": ledger["counts"]})
+    return RunResult(run=run, report=report, ok=ok, copied=copied)
+
+
+def describe(run: RunPlan) -> list[str]:
+    """Lines for ``--dry-run``: counts, reason, scene changes."""
+    lines = [f"  would write {run.run_uri}: {run.summary()}"]
+    for kind in ("changed", "new", "gone"):
+        names = run.changed.get(kind, [])
+        if names:
+            shown = ", ".join(names[:10]) + (f" (+{len(names) - 10} more)" if len(names) > 10
+                                             else "")
+            lines.append(f"  scenes {kind}: {shown}")
+    if run.compute and run.carry:
+        keys = [c.key for c in run.compute]
+        lines.append("  chunks to compute: " + ", ".join(keys[:20])
+                     + (f" (+{len(keys) - 20} more)" if len(keys) > 20 else ""))
+    return lines
+
+
+def ledger_json(run_uri: str, storage: Storage) -> str:
+    """The ledger of a run as indented JSON text (for messages and debugging)."""
+    return json.dumps(read_ledger(run_uri, storage), indent=2)

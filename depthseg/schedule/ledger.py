@@ -1,0 +1,152 @@
+"""Run ledgers, the ``latest`` pointer and the fingerprints they hold.
+
+Layout under a region's ``out``::
+
+    latest.json                 the last complete run (moved only after a run completes)
+    runs/<run id>/              one complete map_region output per scheduled run
+    runs/<run id>/ledger.json   what each chunk of that run was computed from
+
+Fingerprints are cheap metadata, never pixels: an object's ETag (S3) or size + mtime (local
+files), from one fsspec ``info`` call. A Zarr mosaic used as imagery is fingerprinted by the
+listing of all its objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any
+
+from depthseg.errors import StorageError
+from depthseg.io.catalog import Scene
+from depthseg.io.storage import Storage, join, scheme_of, with_retries
+from depthseg.mapping.plan import Plan
+
+LEDGER = "ledger.json"
+LATEST = "latest.json"
+LEDGER_FORMAT = "depthseg-run-ledger"
+LATEST_FORMAT = "depthseg-latest-run"
+VERSION = 1
+
+
+def _digest(parts: list[str]) -> str:
+    return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _info_fingerprint(info: dict[str, Any], local: bool) -> str:
+    if not local:
+        etag = info.get("ETag") or info.get("etag")
+        if etag:
+            return f"etag:{str(etag).strip(chr(34))}"
+        modified = info.get("LastModified") or info.get("last_modified")
+        return f"size:{info.get('size')},modified:{modified}"
+    return f"size:{info.get('size')},mtime:{info.get('mtime')}"
+
+
+def object_fingerprint(uri: str, storage: Storage) -> str:
+    """ETag of an object, or size + mtime of a local file.
+
+    Raises:
+        StorageError: Nothing at ``uri``.
+    """
+    fs, path = storage.fs(uri)
+    try:
+        info = with_retries(lambda: fs.info(path))
+    except FileNotFoundError as err:
+        raise StorageError(f"{uri!r} does not exist; cannot fingerprint it") from err
+    return _info_fingerprint(info, scheme_of(uri) in ("", "file"))
+
+
+def tree_fingerprint(uri: str, storage: Storage, skip: tuple[str, ...] = ()) -> str:
+    """One fingerprint of every object under ``uri`` (names + their fingerprints)."""
+    fs, path = storage.fs(uri)
+    local = scheme_of(uri) in ("", "file")
+    found = with_retries(lambda: fs.find(path, detail=True))
+    parts = [f"{name[len(path):]}={_info_fingerprint(info, local)}"
+             for name, info in sorted(found.items())
+             if name.rsplit("/", 1)[-1] not in skip and ".tmp-" not in name]
+    return _digest(parts)
+
+
+def scene_fingerprint(scene: Scene, storage: Storage) -> str:
+    """The fingerprint of one catalog scene (a Zarr mosaic: of all its objects)."""
+    if scene.variable is not None:
+        return tree_fingerprint(scene.uri, storage)
+    return object_fingerprint(scene.uri, storage)
+
+
+def scene_fingerprints(scenes: list[Scene], storage: Storage,
+                       threads: int = 16) -> dict[str, str]:
+    """Fingerprint of each scene by URI (metadata requests in parallel)."""
+    unique = list({s.uri: s for s in scenes}.values())
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(unique)))) as pool:
+        prints = list(pool.map(lambda s: scene_fingerprint(s, storage), unique))
+    return {s.uri: p for s, p in zip(unique, prints, strict=True)}
+
+
+def model_fingerprint(model: str, storage: Storage) -> str:
+    """Hash of the bundle's ``bundle.json`` bytes and the fingerprints of its other files."""
+    manifest = storage.read_bytes(join(model, "bundle.json"))
+    files = tree_fingerprint(model, storage, skip=("bundle.json",))
+    return _digest([hashlib.sha256(manifest).hexdigest(), files])
+
+
+def plan_fingerprint(plan: Plan) -> str:
+    """Hash of what makes chunks comparable between runs: grid, tiles, bands.
+
+    Not the chunk list: new imagery at the edge adds chunks without invalidating the others.
+    """
+    data = plan.to_dict()
+    kept = {k: data[k] for k in ("grid", "transform", "tiles", "bands")}
+    return _digest([json.dumps(kept, sort_keys=True)])
+
+
+def now_text() -> str:
+    """The current UTC time as ISO text."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _read_json(uri: str, storage: Storage, what: str) -> dict[str, Any] | None:
+    if not storage.exists(uri):
+        return None
+    try:
+        data = json.loads(storage.read_bytes(uri))
+    except json.JSONDecodeError as err:
+        raise StorageError(f"{what} {uri!r} is not JSON ({err}); remove it or restore it") from err
+    if not isinstance(data, dict):
+        raise StorageError(f"{what} {uri!r} is not a JSON object; remove it or restore it")
+    return data
+
+
+def read_latest(out: str, storage: Storage) -> dict[str, Any] | None:
+    """The region's ``latest.json``, or None before its first complete run."""
+    data = _read_json(join(out, LATEST), storage, "latest pointer")
+    if data is not None and data.get("format") != LATEST_FORMAT:
+        raise StorageError(f"{join(out, LATEST)!r} has format {data.get('format')!r}; expected "
+                           f"{LATEST_FORMAT!r}; is 'out' another tool's folder?")
+    return data
+
+
+def write_latest(out: str, storage: Storage, pointer: dict[str, Any]) -> None:
+    """Move ``latest.json`` (one atomic write)."""
+    data = {"format": LATEST_FORMAT, "version": VERSION, **pointer}
+    storage.write_bytes_atomic(join(out, LATEST),
+                               json.dumps(data, indent=2, sort_keys=True).encode())
+
+
+def read_ledger(run_uri: str, storage: Storage) -> dict[str, Any] | None:
+    """The ledger of the run in ``run_uri``, or None if it has none."""
+    data = _read_json(join(run_uri, LEDGER), storage, "run ledger")
+    if data is not None and data.get("format") != LEDGER_FORMAT:
+        raise StorageError(f"{join(run_uri, LEDGER)!r} has format {data.get('format')!r}; "
+                           f"expected {LEDGER_FORMAT!r}")
+    return data
+
+
+def write_ledger(run_uri: str, storage: Storage, ledger: dict[str, Any]) -> None:
+    """Write the ledger of a run (atomically)."""
+    data = {"format": LEDGER_FORMAT, "version": VERSION, **ledger}
+    storage.write_bytes_atomic(join(run_uri, LEDGER),
+                               json.dumps(data, indent=1, sort_keys=True).encode())
