@@ -83,7 +83,10 @@ def _ray_stream(ctx: ChunkContext, chunks: list[ChunkId], request: MapRequest,
     data_context = ray.data.DataContext.get_current()
     data_context.enable_progress_bars = False  # one progress line per chunk is printed instead
     actors = request.gpus if request.gpus > 0 else request.cpu_actors
-    read_tasks = max(1, int(ray.available_resources().get("CPU", 1)) - actors)
+    node_cpus = int(ray.available_resources().get("CPU", 1))
+    read_tasks = max(1, node_cpus - actors)
+    # CPU actors share the CPUs between them (reads are short and mostly wait on I/O).
+    cpu_threads = None if request.gpus > 0 else max(1, node_cpus // actors)
     ds: Any = ray.data.from_items([{"chunk": c.key} for c in chunks],
                              override_num_blocks=len(chunks))
     # Read tasks may run up to one chunk ahead of each actor; the rest is Ray's backpressure.
@@ -93,7 +96,8 @@ def _ray_stream(ctx: ChunkContext, chunks: list[ChunkId], request: MapRequest,
     ds = ds.map_batches(
         PredictWriter, batch_size=1, compute=ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={"ctx": ctx, "model_uri": request.model, "bundle": bundle,
-                               "gpus": request.gpus, "batch_size": request.batch_size},
+                               "gpus": request.gpus, "batch_size": request.batch_size,
+                               "cpu_threads": cpu_threads},
         num_gpus=1 if request.gpus > 0 else 0, num_cpus=1)
     for row in ds.iter_rows():
         on_result(dict(row))

@@ -2,7 +2,8 @@
 
 Tiles are cut with :class:`~depthseg.geo.TileSpec`, sent to the device as raw uint8/uint16
 and normalised there, run in batches (bf16 autocast on CUDA), and blended with weights that
-fall towards zero at tile edges (:class:`~depthseg.geo.Blender`). Classes are blended as
+fall towards zero at tile edges (the weights of :class:`~depthseg.geo.Blender`,
+accumulated on the device by :class:`DeviceBlender`). Classes are blended as
 softmax probabilities and depth as values, in one accumulator of K + 1 channels.
 
 Output encoding (also written to the mosaic attributes):
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 
 from depthseg.errors import InputError
-from depthseg.geo import Blender, TileSpec, crop_halo
+from depthseg.geo import TileSpec, blend_weights, crop_halo
+from depthseg.geo.tiles import TileLayout, TileOffset
 from depthseg.io.bundle import Contract
 from depthseg.model import normalize
 
@@ -70,12 +72,8 @@ class ChunkPredictor:
         self.num_classes = num_classes or len(contract.class_names)
         self.tiles_run = 0
 
-    def predict_tiles(self, tiles: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Model forward on raw tiles (B, C, T, T) -> (probabilities (B, K, T, T), depth).
-
-        Depth is (B, 1, T, T) or None when the model has no depth branch. Results are float32
-        on the CPU.
-        """
+    def _forward(self, tiles: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Raw tiles (B, C, T, T) -> probabilities (B, K, T, T) and depth, on the device."""
         batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device, non_blocking=True)
         # torch has limited uint16 support; widen on the device, not on the host.
         if batch.dtype not in (torch.uint8,):
@@ -85,16 +83,28 @@ class ChunkPredictor:
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                     enabled=use_bf16):
             out = self.model(images)
-        probs = torch.softmax(out.logits.float(), dim=1)
-        depth = out.depths[0].float() if len(out.depths) else None
-        if depth is not None and depth.shape[-2:] != probs.shape[-2:]:
-            depth = torch.nn.functional.interpolate(depth, size=probs.shape[-2:],
-                                                    mode="bilinear", align_corners=False)
+            probs = torch.softmax(out.logits.float(), dim=1)
+            depth = out.depths[0].float() if len(out.depths) else None
+            if depth is not None and depth.shape[-2:] != probs.shape[-2:]:
+                depth = torch.nn.functional.interpolate(depth, size=probs.shape[-2:],
+                                                        mode="bilinear", align_corners=False)
         self.tiles_run += tiles.shape[0]
+        return probs, depth
+
+    def predict_tiles(self, tiles: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Model forward on raw tiles (B, C, T, T) -> (probabilities (B, K, T, T), depth).
+
+        Depth is (B, 1, T, T) or None when the model has no depth branch. Results are float32
+        on the CPU.
+        """
+        probs, depth = self._forward(tiles)
         return probs.cpu(), (depth.cpu() if depth is not None else None)
 
     def predict_chunk(self, pixels: np.ndarray, valid: np.ndarray) -> ChunkPrediction:
         """Predict the chunk inside a chunk + halo area.
+
+        Blending and encoding run on the model's device; only the three stored layers of
+        the chunk (uint8, uint8, float16) come back to the host.
 
         Args:
             pixels: (band, row, col) uint8/uint16, chunk + 2 * halo on each axis.
@@ -114,19 +124,68 @@ class ChunkPredictor:
         # Tiles without one valid pixel are skipped: they would only add to no-data pixels.
         offsets = [o for o in layout.offsets
                    if valid[o.row_off:o.row_off + tile, o.col_off:o.col_off + tile].any()]
-        blender = Blender.for_layout(self.num_classes + 1, layout)
+        blender = DeviceBlender(self.num_classes + 1, layout, self.device)
         has_depth = False
         for start in range(0, len(offsets), self.batch_size):
             batch_offsets = offsets[start:start + self.batch_size]
             batch = np.stack([pixels[:, r:r + tile, c:c + tile] for r, c in batch_offsets])
-            probs, depth = self.predict_tiles(batch)
+            probs, depth = self._forward(batch)
             has_depth = depth is not None
             if depth is None:
                 depth = torch.zeros_like(probs[:, :1])
             blender.add_batch(torch.cat([probs, depth], dim=1), batch_offsets)
-        blended = crop_halo(blender.result(fill_value=0.0), self.tiles.halo_px)
-        chunk_valid = crop_halo(valid[:height, :width], self.tiles.halo_px)
-        return encode(blended, chunk_valid, has_depth=has_depth)
+        halo = self.tiles.halo_px
+        blended = blender.result()[:, halo:height - halo, halo:width - halo]
+        chunk_valid = crop_halo(valid[:height, :width], halo)
+        return encode_on_device(blended, chunk_valid, has_depth=has_depth)
+
+
+class DeviceBlender:
+    """:class:`~depthseg.geo.Blender`'s weighted mean, accumulated in torch on the device.
+
+    Same weights (:func:`~depthseg.geo.blend_weights`) and the same arithmetic in float32,
+    so results equal the host blender's to rounding; tile outputs never leave the device.
+    """
+
+    def __init__(self, channels: int, layout: TileLayout, device: torch.device) -> None:
+        """Empty (channels, rows, cols) accumulators over the padded layout area."""
+        self.tile = layout.tile
+        weights = blend_weights(layout.tile, layout.overlap)
+        self.weights = torch.from_numpy(weights).to(device)
+        rows, cols = max(layout.height, self.tile), max(layout.width, self.tile)
+        self.value_sum = torch.zeros((channels, rows, cols), dtype=torch.float32, device=device)
+        self.weight_sum = torch.zeros((rows, cols), dtype=torch.float32, device=device)
+
+    def add_batch(self, values: torch.Tensor, offsets: list[TileOffset]) -> None:
+        """Add (B, C, tile, tile) outputs at their (row, col) offsets."""
+        weighted = values.float() * self.weights
+        for tile_values, (row, col) in zip(weighted, offsets, strict=True):
+            self.value_sum[:, row:row + self.tile, col:col + self.tile] += tile_values
+            self.weight_sum[row:row + self.tile, col:col + self.tile] += self.weights
+
+    def result(self) -> torch.Tensor:
+        """(C, rows, cols) weighted mean; 0 where no tile was added."""
+        covered = self.weight_sum > 0
+        return torch.where(covered, self.value_sum / self.weight_sum.clamp_min(1e-12),
+                           torch.zeros((), device=self.value_sum.device))
+
+
+def encode_on_device(blended: torch.Tensor, valid: np.ndarray,
+                     has_depth: bool) -> ChunkPrediction:
+    """Like :func:`encode`, on the device: only uint8/uint8/float16 layers are copied back."""
+    probs, depth = blended[:-1], blended[-1]
+    top, landcover = probs.max(dim=0)
+    confidence = torch.clamp(torch.round(top * 255), 1, 255).to(torch.uint8)
+    mask = torch.from_numpy(np.ascontiguousarray(valid)).to(blended.device)
+    landcover = torch.where(mask, landcover.to(torch.uint8),
+                            torch.full((), LANDCOVER_NODATA, dtype=torch.uint8,
+                                       device=blended.device))
+    confidence = torch.where(mask, confidence, torch.zeros_like(confidence))
+    nan = torch.full((), float("nan"), device=blended.device)
+    depth16 = torch.where(mask, depth, nan) if has_depth else torch.full_like(depth, float("nan"))
+    return ChunkPrediction(landcover=landcover.cpu().numpy(),
+                           confidence=confidence.cpu().numpy(),
+                           depth=depth16.to(torch.float16).cpu().numpy())
 
 
 def encode(blended: np.ndarray, valid: np.ndarray, has_depth: bool) -> ChunkPrediction:

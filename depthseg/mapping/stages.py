@@ -7,6 +7,7 @@ for a default 4-band uint16 chunk). Outputs are written by the actor that comput
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,7 +85,8 @@ class PredictWriter:
     """Predict + write one chunk at a time; built once per actor (model loaded once)."""
 
     def __init__(self, ctx: ChunkContext, model_uri: str | None = None,
-                 bundle: Bundle | None = None, gpus: int = 0, batch_size: int = 8) -> None:
+                 bundle: Bundle | None = None, gpus: int = 0, batch_size: int = 8,
+                 cpu_threads: int | None = None) -> None:
         """Load the model onto this worker's device.
 
         Args:
@@ -93,13 +95,19 @@ class PredictWriter:
             bundle: An already-loaded bundle (tests, benchmarks) instead of ``model_uri``.
             gpus: > 0 to run on CUDA when visible.
             batch_size: Tiles per forward pass.
+            cpu_threads: Torch threads when the model runs on the CPU. Ray starts a worker
+                with ``OMP_NUM_THREADS`` = its ``num_cpus`` (1), which would leave a CPU
+                actor on one core while the read tasks mostly wait on I/O.
         """
         if bundle is None:
             assert model_uri is not None
             bundle = load_bundle(model_uri, ctx.storage)
         self.ctx = ctx
+        device = pick_device(gpus)
+        if device.type == "cpu" and cpu_threads:
+            torch.set_num_threads(min(cpu_threads, os.cpu_count() or 1))
         self.predictor = ChunkPredictor(bundle.model, bundle.contract, ctx.tiles,
-                                        batch_size=batch_size, device=pick_device(gpus))
+                                        batch_size=batch_size, device=device)
         self.mosaic = Mosaic(ctx.out, ctx.storage)
 
     def process(self, key: str, pixels: np.ndarray, valid: np.ndarray) -> tuple[float, float]:

@@ -127,3 +127,20 @@ def test_batch_size_does_not_change_the_result(batch_size: int) -> None:
     np.testing.assert_array_equal(a.landcover, b.landcover)
     np.testing.assert_allclose(a.depth.astype(np.float32), b.depth.astype(np.float32), atol=1e-3)
     assert (a.landcover[:40 - 14] == 255).all()
+
+
+def test_device_blender_equals_the_host_blender() -> None:
+    """Predict blends on the model's device; the result is the geo Blender's weighted mean."""
+    from depthseg.geo import Blender
+    from depthseg.mapping.predict import DeviceBlender
+
+    layout = TileSpec(tile=32, overlap=8).layout(40, 56)
+    values = torch.rand(len(layout), 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    host = Blender.for_layout(3, layout)
+    host.add_batch(values, layout.offsets)
+    device = DeviceBlender(3, layout, torch.device("cpu"))
+    device.add_batch(values[:2], list(layout.offsets[:2]))
+    device.add_batch(values[2:], list(layout.offsets[2:]))
+    height, width = layout.height, layout.width
+    np.testing.assert_allclose(device.result()[:, :height, :width].numpy(),
+                               host.result(fill_value=0.0), rtol=1e-6, atol=1e-7)
