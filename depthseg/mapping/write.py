@@ -123,6 +123,9 @@ class Mosaic:
     def done_chunks(self) -> set[ChunkId]:
         """Chunks with a done marker."""
         fs, path = self.storage.fs(join(self.out, DONE))
+        # s3fs caches listings per filesystem instance; markers written by other processes
+        # (the Ray actors) since the last listing would be missed.
+        fs.invalidate_cache(path)
         if not with_retries(lambda: fs.exists(path)):
             return set()
         names = with_retries(lambda: fs.ls(path, detail=False))
