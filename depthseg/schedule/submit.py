@@ -65,11 +65,19 @@ def submit_region(address: str, regions_text: str, region: str, fire_iso: str, r
     submission_id = f"depthseg-{region}-{rid}-{uuid.uuid4().hex[:6]}".lower()
     entrypoint = " ".join(["python", "jobs/schedule.py", "--regions", f"env:{REGIONS_ENV}",
                            "--only", region, "--now", fire_iso, *extra_args])
-    client.submit_job(
-        entrypoint=entrypoint, submission_id=submission_id,
-        runtime_env={"working_dir": str(working_dir),
-                     "env_vars": {REGIONS_ENV: regions_text, "PYTHONUNBUFFERED": "1"}},
-        metadata={"depthseg_region": region, "depthseg_run": rid})
+    for attempt in range(15):
+        try:
+            client.submit_job(
+                entrypoint=entrypoint, submission_id=submission_id,
+                runtime_env={"working_dir": str(working_dir),
+                             "env_vars": {REGIONS_ENV: regions_text, "PYTHONUNBUFFERED": "1"}},
+                metadata={"depthseg_region": region, "depthseg_run": rid})
+            break
+        except RuntimeError as err:
+            # A freshly started head takes a few seconds before its job agent answers.
+            if "No available agent" not in str(err) or attempt == 14:
+                raise
+            time.sleep(2)
     return Submitted(region, rid, submission_id)
 
 
