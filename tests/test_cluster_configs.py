@@ -264,6 +264,21 @@ def _regions_configmap() -> dict[str, Any]:
     return cm
 
 
+def _schedule_flags(argv: list[str]) -> None:
+    """Every flag of a jobs/schedule.py command line is one it accepts."""
+    src = (REPO_ROOT / "jobs" / "schedule.py").read_text()
+    for opt in (a for a in argv if a.startswith("--")):
+        assert f'add_argument("{opt}"' in src, f"jobs/schedule.py has no {opt}"
+
+
+def test_regions_configmap_is_a_valid_regions_file() -> None:
+    from depthseg.schedule.regions import parse_regions
+
+    text = _regions_configmap()["data"]["regions.yaml"]
+    regions = parse_regions(text, "regions-configmap.yaml")
+    assert all(cron_is_valid(r.schedule) for r in regions)
+
+
 def test_raycronjob_schedules_mapping() -> None:
     cm_name = _regions_configmap()["metadata"]["name"]
     cron = _one("RayCronJob", KUBERAY / "scheduled-mapping.yaml")["spec"]
@@ -271,6 +286,7 @@ def test_raycronjob_schedules_mapping() -> None:
     tmpl = cron["jobTemplate"]
     argv = shlex.split(tmpl["entrypoint"])
     assert "jobs/schedule.py" in argv
+    _schedule_flags(argv)
     regions = argv[argv.index("--regions") + 1]
     head_pod = tmpl["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     mounts = _mounted_configmaps(head_pod)
@@ -287,6 +303,7 @@ def test_cronjob_fallback_submits_to_the_raycluster() -> None:
     c = pod["containers"][0]
     argv = c.get("command", []) + c.get("args", [])
     assert c["image"] == IMAGE and "jobs/schedule.py" in argv
+    _schedule_flags(argv)
     regions = argv[argv.index("--regions") + 1]
     mounts = _mounted_configmaps(pod)
     assert cm_name in mounts and regions.startswith(mounts[cm_name].rstrip("/") + "/")
