@@ -24,6 +24,7 @@ from typing import Any
 
 import rasterio
 
+from depthseg.errors import StorageError
 from depthseg.geo import ChunkId, chunk_read_window
 from depthseg.io.bundle import Bundle, read_manifest
 from depthseg.io.catalog import Catalog, open_catalog
@@ -270,6 +271,9 @@ def execute_run(run: RunPlan, storage: Storage, bundle: Bundle | None = None,
     log = log or _stderr
     contract = bundle.contract if bundle is not None else read_manifest(run.region.model,
                                                                          storage)[1]
+    if run.previous is not None and str(run.previous["uri"]).rstrip("/") == run.run_uri:
+        raise StorageError(f"{run.run_uri!r} is the run latest.json points at; refusing to "
+                           "map into it again (is latest.json's scheduled_for wrong?)")
     if storage.exists(join(run.run_uri, PLAN)):
         if _can_resume(run, storage):
             log(f"{run.region.name}: resuming run folder {run.run_uri}")

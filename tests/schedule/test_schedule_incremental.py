@@ -206,10 +206,20 @@ def test_failed_run_leaves_latest_and_is_retried(
     assert ledger["status"] == "failed" and ledger["failed_chunks"]
     assert ledger["counts"]["failed"] == len(ledger["failed_chunks"]) > 0
 
-    # Still due for the same fire time; with the scene repaired the run completes.
+    failed = set(ledger["failed_chunks"])
+
+    # Still due for the same fire time. Same inputs: the attempt is resumed, only the failed
+    # chunks are mapped again (and fail again).
+    code, out, err = _run(scenario, NOW_3, capsys=capsys)
+    assert code == 1 and "resuming run folder" in err, out + err[-3000:]
+    assert f"{16 - len(failed)} already done, {len(failed)} to map" in err
+    assert _latest(scenario)["run"] == "20261128T020000Z"
+
+    # With the scene repaired its chunks' inputs differ: the folder starts clean and completes.
     storage.write_bytes_atomic(uri, good)
     code, out, err = _run(scenario, NOW_3, capsys=capsys)
     assert code == 0, err[-3000:]
+    assert "holds an attempt with other inputs; starting it clean" in err
     assert "run 20261129T020000Z complete" in out
     assert _latest(scenario)["run"] == "20261129T020000Z"
     ledger = _ledger(scenario, "20261129T020000Z")
