@@ -39,6 +39,7 @@ from depthseg.io.storage import Storage, join
 from depthseg.mapping.predict import CONFIDENCE_NODATA, LANDCOVER_NODATA
 
 if TYPE_CHECKING:
+    from depthseg.io.catalog import Catalog
     from depthseg.mapping.plan import Plan
     from depthseg.mapping.write import Mosaic
 
@@ -118,9 +119,23 @@ def _lonlat_box(plan: Plan, bounds: tuple[float, float, float, float]) -> list[f
     return [round(v, 9) for v in to_lonlat.transform_bounds(*bounds, densify_pts=21)]
 
 
+def _acquisition_range(plan: Plan, chunk: ChunkId, catalog: Catalog | None
+                       ) -> tuple[datetime, datetime] | None:
+    """Oldest and newest acquisition of the scenes that meet the chunk, if all are dated."""
+    if catalog is None:
+        return None
+    scenes = catalog.scenes_intersecting(plan.grid.chunk_bounds(chunk), plan.grid.crs)
+    if not scenes or not all(s.acquired for s in scenes):
+        return None
+    dates = [datetime.fromisoformat(str(s.acquired).replace("Z", "+00:00")) for s in scenes]
+    dates = [d if d.tzinfo else d.replace(tzinfo=timezone.utc) for d in dates]
+    return min(dates), max(dates)
+
+
 def _stac(out: str, storage: Storage, plan: Plan, chunks: list[ChunkId],
-          contract: Contract) -> None:
+          contract: Contract, catalog: Catalog | None = None) -> None:
     now = datetime.now(timezone.utc).replace(microsecond=0)
+    extent_start, extent_end = now, now
     epsg = rasterio.crs.CRS.from_string(plan.grid.crs).to_epsg()
     items = []
     for chunk in chunks:
@@ -130,8 +145,22 @@ def _stac(out: str, storage: Storage, plan: Plan, chunks: list[ChunkId],
                                                         [maxx, maxy], [minx, maxy],
                                                         [minx, miny]]]}
         size = plan.grid.chunk_size
-        item = pystac.Item(id=chunk.key, geometry=geometry, bbox=bbox, datetime=now,
-                           properties={"proj:code": f"EPSG:{epsg}" if epsg else None,
+        # The map shows the imagery's time: newest acquisition of the composited scenes
+        # (with the range), else, for undated imagery, the time the map was made.
+        acquired = _acquisition_range(plan, chunk, catalog)
+        dates: dict[str, Any] = {"created": now.isoformat()}
+        if acquired is not None:
+            dates.update(start_datetime=acquired[0].isoformat(),
+                         end_datetime=acquired[1].isoformat())
+        item_time = acquired[1] if acquired is not None else now
+        if items:
+            extent_start = min(extent_start, acquired[0] if acquired else now)
+            extent_end = max(extent_end, item_time)
+        else:
+            extent_start, extent_end = acquired[0] if acquired else now, item_time
+        item = pystac.Item(id=chunk.key, geometry=geometry, bbox=bbox, datetime=item_time,
+                           properties={**dates,
+                                       "proj:code": f"EPSG:{epsg}" if epsg else None,
                                        "proj:shape": [size, size],
                                        "proj:transform": list(plan.grid.chunk_transform(chunk))
                                        [:6]})
@@ -153,7 +182,8 @@ def _stac(out: str, storage: Storage, plan: Plan, chunks: list[ChunkId],
     collection = pystac.Collection(
         id="depthseg-landcover", description="DepthSeg land cover, confidence and depth",
         extent=pystac.Extent(pystac.SpatialExtent([bbox]),
-                             pystac.TemporalExtent([[now, now]])), license="other")
+                             pystac.TemporalExtent([[extent_start, extent_end]])),
+        license="other")
     for item in items:
         collection.add_link(pystac.Link("item", f"./items/{item.id}.json",
                                         media_type=pystac.MediaType.JSON))
@@ -196,8 +226,10 @@ def _quicklook(out: str, storage: Storage, plan: Plan, mosaic: Mosaic, chunks: l
 
 
 def finalize(out: str, storage: Storage, plan: Plan, mosaic: Mosaic, chunks: list[ChunkId],
-             contract: Contract) -> int:
+             contract: Contract, catalog: Catalog | None = None) -> int:
     """Write COGs, VRTs, STAC and the quicklook for the done chunks.
+
+    ``catalog`` (the run's imagery) dates the STAC items by the scenes' acquisition times.
 
     Returns:
         The number of mapped pixels with imagery (for the run report's km2).
@@ -213,5 +245,5 @@ def finalize(out: str, storage: Storage, plan: Plan, mosaic: Mosaic, chunks: lis
     for layer in _OVERVIEW:
         storage.write_bytes_atomic(join(out, "cog", f"{layer}.vrt"),
                                    _vrt(layer, plan, chunks, contract))
-    _stac(out, storage, plan, chunks, contract)
+    _stac(out, storage, plan, chunks, contract, catalog)
     return _quicklook(out, storage, plan, mosaic, chunks, contract)

@@ -141,6 +141,8 @@ def map_region(request: MapRequest, storage: Storage | None = None,
                        out=request.out, storage=storage)
 
     def on_result(row: dict[str, Any]) -> None:
+        if not report.finished:  # start-up: workers, model load, first read and predict
+            report.seconds["first_chunk"] = time.perf_counter() - map_start
         report.add_chunk(row)
         state = f"FAILED ({row['error']})" if row["error"] else "done"
         log(f"[{report.finished}/{len(todo)}] chunk {row['chunk']} {state} "
@@ -158,7 +160,8 @@ def map_region(request: MapRequest, storage: Storage | None = None,
 
     final_start = time.perf_counter()
     done = sorted(mosaic.done_chunks() & set(plan.chunks))
-    report.valid_pixels = finalize(request.out, storage, plan, mosaic, done, contract)
+    report.valid_pixels = finalize(request.out, storage, plan, mosaic, done, contract,
+                                   catalog)
     report.seconds["finalise"] = time.perf_counter() - final_start
     report.seconds["total"] = time.perf_counter() - started
     report.done = len(done)

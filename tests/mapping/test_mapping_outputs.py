@@ -90,7 +90,7 @@ def test_cogs_validate_and_vrt_equals_the_mosaic(mapped: tuple[Path, Any]) -> No
         assert cog.tags()["OVERVIEW_RESAMPLING"] == "MODE"
 
 
-def test_stac_quicklook_and_plan(mapped: tuple[Path, Any]) -> None:
+def test_stac_quicklook_and_plan(mapped: tuple[Path, Any], synthetic_region: Any) -> None:
     out, _ = mapped
     collection = json.loads((out / "stac" / "collection.json").read_text())
     items = sorted((out / "stac" / "items").glob("*.json"))
@@ -98,6 +98,28 @@ def test_stac_quicklook_and_plan(mapped: tuple[Path, Any]) -> None:
     item = json.loads(items[0].read_text())
     assert item["properties"]["proj:code"] == "EPSG:32649"
     assert (items[0].parent / item["assets"]["landcover"]["href"]).resolve().is_file()
+    # Items carry the imagery's acquisition time (the synthetic scenes are dated), not the
+    # time the map was made; the collection's extent spans them.
+    from datetime import datetime
+
+    import rasterio
+
+    def when(text: str) -> datetime:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    scene_dates = []
+    for scene in sorted((synthetic_region.root / "scenes").glob("*.tif")):
+        with rasterio.open(scene) as src:
+            scene_dates.append(when(src.tags()["datetime"]))
+    starts = []
+    for path in items:
+        props = json.loads(path.read_text())["properties"]
+        start, end = when(props["start_datetime"]), when(props["end_datetime"])
+        assert min(scene_dates) <= start <= end == when(props["datetime"]) <= max(scene_dates)
+        assert end < when(props["created"])
+        starts.append(start)
+    extent = collection["extent"]["temporal"]["interval"][0]
+    assert when(extent[0]) == min(starts)
     from PIL import Image
 
     with Image.open(out / "quicklook.png") as image:
