@@ -224,3 +224,22 @@ def test_failed_run_leaves_latest_and_is_retried(
     assert _latest(scenario)["run"] == "20261129T020000Z"
     ledger = _ledger(scenario, "20261129T020000Z")
     assert ledger["status"] == "complete" and ledger["previous"] == "20261128T020000Z"
+
+
+def test_dry_run_names_a_new_scene_and_the_chunks_it_meets(
+        scenario: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    storage = scenario["storage"]
+    name = sorted(p.name for p in (scenario["region"].root / "scenes").iterdir())[1]
+    # A newer acquisition of the same footprint appears under a new name.
+    new_uri = f"{scenario['prefix']}/scenes/zz_new_{name}"
+    storage.write_bytes_atomic(new_uri, storage.read_bytes(
+        f"{scenario['prefix']}/scenes/{name}"))
+    touched = _touched(scenario, new_uri)
+    assert 0 < len(touched) < 16
+    before = listing(scenario["prefix"], storage)
+    code, out, err = _run(scenario, NOW_4, "--dry-run", capsys=capsys)
+    assert code == 0, err
+    assert (f"16 chunks: {len(touched)} to compute, {16 - len(touched)} carried over "
+            "from run 20261129T020000Z") in out
+    assert f"scenes new: {new_uri}" in out and "scenes changed" not in out
+    assert listing(scenario["prefix"], storage) == before
