@@ -52,6 +52,7 @@ def object_fingerprint(uri: str, storage: Storage) -> str:
         StorageError: Nothing at ``uri``.
     """
     fs, path = storage.fs(uri)
+    fs.invalidate_cache(path)  # s3fs answers info() from cached listings; ask the store
     try:
         info = with_retries(lambda: fs.info(path))
     except FileNotFoundError as err:
@@ -63,6 +64,7 @@ def tree_fingerprint(uri: str, storage: Storage, skip: tuple[str, ...] = ()) -> 
     """One fingerprint of every object under ``uri`` (names + their fingerprints)."""
     fs, path = storage.fs(uri)
     local = scheme_of(uri) in ("", "file")
+    fs.invalidate_cache(path)
     found = with_retries(lambda: fs.find(path, detail=True))
     parts = [f"{name[len(path):]}={_info_fingerprint(info, local)}"
              for name, info in sorted(found.items())
@@ -109,6 +111,8 @@ def now_text() -> str:
 
 
 def _read_json(uri: str, storage: Storage, what: str) -> dict[str, Any] | None:
+    fs, path = storage.fs(uri)
+    fs.invalidate_cache(path)  # written by other processes (Ray jobs) since the last listing
     if not storage.exists(uri):
         return None
     try:
