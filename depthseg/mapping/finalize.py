@@ -234,6 +234,7 @@ def finalize(out: str, storage: Storage, plan: Plan, mosaic: Mosaic, chunks: lis
     Returns:
         The number of mapped pixels with imagery (for the run report's km2).
     """
+    mosaic.consolidate()
     with tempfile.TemporaryDirectory(prefix="depthseg-cog-") as tmp, storage.gdal_env():
         for chunk in chunks:
             prediction = mosaic.read_chunk(plan.grid, chunk)

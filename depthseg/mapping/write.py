@@ -1,7 +1,8 @@
 """The Zarr mosaic of a run and its per-chunk done markers.
 
-Layout of ``<out>/mosaic.zarr`` (Zarr format 3, readable by ``xarray.open_zarr`` with
-``consolidated=False``; ``.rio.crs`` works through the CF ``spatial_ref`` grid mapping)::
+Layout of ``<out>/mosaic.zarr`` (Zarr format 3 with consolidated metadata written when a run
+finishes, readable by ``xarray.open_zarr``; ``.rio.crs`` works through the CF ``spatial_ref``
+grid mapping)::
 
     landcover   (y, x) uint8    255 = no data
     confidence  (y, x) uint8    0 = no data
@@ -15,6 +16,7 @@ exactly one Zarr chunk per array: one writer per chunk, and rewriting a chunk is
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -115,6 +117,18 @@ class Mosaic:
 
             arrays[name] = with_retries(read)
         return ChunkPrediction(**arrays)
+
+    def consolidate(self) -> None:
+        """Write consolidated metadata, so ``xr.open_zarr(uri)`` opens it in one read.
+
+        Only metadata is consolidated (chunks written later, e.g. on resume, need no update).
+        """
+        with warnings.catch_warnings():
+            # Zarr 3 notes that consolidated metadata is not in the v3 spec yet; zarr-python
+            # and xarray read it, and other readers fall back to the per-array metadata.
+            warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+            with_retries(lambda: zarr.consolidate_metadata(
+                open_zarr_store(self.uri, self.storage), zarr_format=3))
 
     def done_uri(self, chunk: ChunkId) -> str:
         """Where the chunk's done marker lives."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,9 @@ def test_run_maps_every_chunk_with_imagery(mapped: tuple[Path, Any]) -> None:
 def test_mosaic_opens_with_the_plans_crs_and_transform(mapped: tuple[Path, Any]) -> None:
     out, _ = mapped
     plan = json.loads((out / "plan.json").read_text())
-    dataset = xr.open_zarr(out / "mosaic.zarr", consolidated=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # consolidated metadata: xarray's default open is quiet
+        dataset = xr.open_zarr(out / "mosaic.zarr")
     assert dataset.rio.crs.to_string() == plan["grid"]["crs"] == "EPSG:32649"
     assert tuple(dataset.rio.transform())[:6] == pytest.approx(plan["transform"])
     assert dataset.landcover.shape == (plan["grid"]["height"], plan["grid"]["width"])
