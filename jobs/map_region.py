@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cpu-actors", type=int, default=1,
                         help="predict actors when there is no GPU")
     parser.add_argument("--stac-asset", default="image", help="asset key of STAC items")
+    parser.add_argument("--resampling", default="nearest",
+                        help="warping of scenes not on the output grid: nearest, bilinear, "
+                             "cubic, cubic_spline, lanczos, average")
     parser.add_argument("--resume", action="store_true", help="continue a run in --out")
     parser.add_argument("--local", action="store_true",
                         help="run the stages in this process, without Ray (debugging)")
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             bbox_crs=args.bbox_crs, crs=args.crs, resolution=args.resolution,
             chunk_size=args.chunk, tile=args.tile, overlap=args.overlap,
             batch_size=args.batch_size, gpus=gpus or 0, cpu_actors=args.cpu_actors,
-            resume=args.resume, stac_asset=args.stac_asset,
+            resume=args.resume, stac_asset=args.stac_asset, resampling=args.resampling,
             executor="local" if args.local else "ray")
         report = map_region(request, storage)
     except DepthSegError as err:

@@ -36,6 +36,8 @@ from depthseg.errors import InputError, StorageError
 from depthseg.io.storage import Storage, join, scheme_of, with_retries
 
 RASTER_SUFFIXES = (".tif", ".tiff")
+#: Resampling of scenes warped onto the output grid (names of ``rasterio.enums.Resampling``).
+RESAMPLING = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average")
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,9 @@ class Catalog:
         self._index_crs: str | None = None
         self._footprints: list[Any] = []
         self._tree: STRtree | None = None
+        #: How scenes are resampled when warped onto the output grid (identity warps, where a
+        #: scene already lies on the grid, copy pixels whatever this is).
+        self.resampling = "nearest"
 
     @property
     def count(self) -> int:
@@ -184,7 +189,7 @@ class Catalog:
         filled = np.zeros((height, width), dtype=bool)
         for scene in self.scenes_intersecting(bounds, crs):
             scene_pixels, scene_valid = _read_scene(scene, self.storage, crs, transform,
-                                                    height, width, bands)
+                                                    height, width, bands, self.resampling)
             take = scene_valid & ~filled
             pixels[:, take] = scene_pixels[:, take]
             filled |= take
@@ -194,15 +199,16 @@ class Catalog:
 
 
 def _read_scene(scene: Scene, storage: Storage, crs: str, transform: Affine, height: int,
-                width: int, bands: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+                width: int, bands: tuple[int, ...], resampling: str = "nearest",
+                ) -> tuple[np.ndarray, np.ndarray]:
     if scene.variable is not None:
-        return _read_zarr(scene, storage, crs, transform, height, width, bands)
+        return _read_zarr(scene, storage, crs, transform, height, width, bands, resampling)
     path = storage.gdal_path(scene.uri)
 
     def read() -> tuple[np.ndarray, np.ndarray]:
         with storage.gdal_env(), rasterio.open(path) as src, WarpedVRT(
             src, crs=crs, transform=transform, height=height, width=width,
-            resampling=Resampling.nearest, src_nodata=src.nodata, nodata=src.nodata,
+            resampling=Resampling[resampling], src_nodata=src.nodata, nodata=src.nodata,
             # Without a no-data value only an alpha band tells pixels outside the scene.
             add_alpha=src.nodata is None,
         ) as vrt:
@@ -319,7 +325,8 @@ def _zarr_scene(uri: str, storage: Storage) -> Scene:
 
 
 def _read_zarr(scene: Scene, storage: Storage, crs: str, transform: Affine, height: int,
-               width: int, bands: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+               width: int, bands: tuple[int, ...], resampling: str = "nearest",
+               ) -> tuple[np.ndarray, np.ndarray]:
     from rasterio.warp import reproject, transform_bounds
     from rasterio.windows import Window, from_bounds
     from rasterio.windows import transform as window_transform
@@ -327,12 +334,13 @@ def _read_zarr(scene: Scene, storage: Storage, crs: str, transform: Affine, heig
     src_transform = Affine(*scene.transform)
     bounds = transform_bounds(crs, scene.crs, *rasterio.transform.array_bounds(
         height, width, transform), densify_pts=21)
-    # Source pixels covering the target window, one pixel of margin for the resampler.
+    # Source pixels covering the target window, with a margin for the resampling kernel.
     wanted = from_bounds(*bounds, transform=src_transform)
-    row0 = max(int(np.floor(wanted.row_off)) - 1, 0)
-    col0 = max(int(np.floor(wanted.col_off)) - 1, 0)
-    row1 = min(int(np.ceil(wanted.row_off + wanted.height)) + 1, scene.height)
-    col1 = min(int(np.ceil(wanted.col_off + wanted.width)) + 1, scene.width)
+    margin = 1 if resampling == "nearest" else 4
+    row0 = max(int(np.floor(wanted.row_off)) - margin, 0)
+    col0 = max(int(np.floor(wanted.col_off)) - margin, 0)
+    row1 = min(int(np.ceil(wanted.row_off + wanted.height)) + margin, scene.height)
+    col1 = min(int(np.ceil(wanted.col_off + wanted.width)) + margin, scene.width)
     pixels = np.zeros((len(bands), height, width), dtype=scene.dtype)
     valid = np.zeros((height, width), dtype=np.uint8)
     if row1 <= row0 or col1 <= col0:
@@ -345,10 +353,13 @@ def _read_zarr(scene: Scene, storage: Storage, crs: str, transform: Affine, heig
     source_transform = window_transform(Window(col0, row0, col1 - col0, row1 - row0),
                                         src_transform)
     common = {"src_transform": source_transform, "src_crs": scene.crs,
-              "dst_transform": transform, "dst_crs": crs, "resampling": Resampling.nearest}
-    reproject(source_valid, valid, src_nodata=None, dst_nodata=None, **common)
+              "dst_transform": transform, "dst_crs": crs}
+    # The valid mask is warped nearest; pixels with the chosen kernel, no-data excluded.
+    reproject(source_valid, valid, src_nodata=None, dst_nodata=None,
+              resampling=Resampling.nearest, **common)
     for band in range(len(bands)):
-        reproject(source[band], pixels[band], **common)
+        reproject(source[band], pixels[band], src_nodata=scene.nodata,
+                  dst_nodata=scene.nodata, resampling=Resampling[resampling], **common)
     valid_mask = valid.astype(bool)
     pixels[:, ~valid_mask] = 0
     return pixels, valid_mask

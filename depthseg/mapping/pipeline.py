@@ -127,6 +127,7 @@ def map_region(request: MapRequest, storage: Storage | None = None,
     started = time.perf_counter()
     contract = bundle.contract if bundle is not None else read_manifest(request.model, storage)[1]
     catalog = open_catalog(request.imagery, storage, asset=request.stac_asset)
+    catalog.resampling = request.resampling
     plan = make_plan(request, catalog, contract)
     mosaic = Mosaic(request.out, storage)
     already = _start_output(request, plan, storage, mosaic, mosaic_attrs(request, contract))

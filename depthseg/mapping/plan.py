@@ -16,7 +16,7 @@ from pyproj import CRS as ProjCRS
 from depthseg.errors import InputError
 from depthseg.geo import ChunkId, OutputGrid, TileSpec, plan_grid
 from depthseg.io.bundle import Contract
-from depthseg.io.catalog import Catalog
+from depthseg.io.catalog import RESAMPLING, Catalog
 
 PLAN_FORMAT = "depthseg-map-plan"
 
@@ -43,6 +43,9 @@ class MapRequest:
         resume: Continue an interrupted run in ``out``.
         stac_asset: Asset key of STAC items.
         executor: ``"ray"`` (Ray Data stream) or ``"local"`` (one process, for debugging).
+        resampling: How scenes in another CRS or resolution are warped onto the output grid
+            (``nearest``, ``bilinear``, ``cubic``, ``cubic_spline``, ``lanczos``,
+            ``average``); scenes already on the grid are copied as they are.
     """
 
     bbox: tuple[float, float, float, float]
@@ -61,8 +64,12 @@ class MapRequest:
     resume: bool = False
     stac_asset: str = "image"
     executor: str = "ray"
+    resampling: str = "nearest"
 
     def __post_init__(self) -> None:
+        if self.resampling not in RESAMPLING:
+            raise InputError(f"resampling {self.resampling!r} is not known; give one of "
+                             f"{', '.join(RESAMPLING)}")
         if self.executor not in ("ray", "local"):
             raise InputError(f"executor {self.executor!r} is not known; give 'ray' or 'local'")
         if self.gpus < 0 or self.cpu_actors < 1:
@@ -81,6 +88,7 @@ class Plan:
         tiles: Tile size, overlap and halo.
         bands: 1-based imagery bands in model channel order.
         bbox: The request's bbox and its CRS.
+        resampling: How scenes are warped onto the grid.
     """
 
     grid: OutputGrid
@@ -89,13 +97,15 @@ class Plan:
     tiles: TileSpec
     bands: tuple[int, ...]
     bbox: dict[str, Any] = field(default_factory=dict)
+    resampling: str = "nearest"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, written to ``plan.json``."""
         return {"format": PLAN_FORMAT, "grid": asdict(self.grid),
                 "transform": list(self.grid.transform)[:6], "bbox": self.bbox,
                 "tiles": asdict(self.tiles), "bands": list(self.bands),
-                "chunks": [c.key for c in self.chunks], "skipped": self.skipped}
+                "chunks": [c.key for c in self.chunks], "skipped": self.skipped,
+                "resampling": self.resampling}
 
     def to_json(self) -> bytes:
         """Deterministic JSON bytes (a resumed run compares them with the stored plan)."""
@@ -164,7 +174,8 @@ def make_plan(request: MapRequest, catalog: Catalog, contract: Contract) -> Plan
             "overlaps the imagery")
     return Plan(grid=grid, chunks=chunks, skipped=len(grid.chunks()) - len(chunks), tiles=tiles,
                 bands=tuple(contract.band_indices),
-                bbox={"bbox": list(request.bbox), "crs": request.bbox_crs})
+                bbox={"bbox": list(request.bbox), "crs": request.bbox_crs},
+                resampling=request.resampling)
 
 
 def _union_bounds(catalog: Catalog, crs: str) -> tuple[float, ...]:

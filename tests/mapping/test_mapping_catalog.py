@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from rasterio.enums import Resampling
 from rasterio.warp import calculate_default_transform, reproject
 
 from depthseg.errors import InputError
@@ -142,3 +143,36 @@ def test_zarr_without_crs_is_refused(tmp_path: Path) -> None:
         tmp_path / "plain.zarr", zarr_format=3, consolidated=False)
     with pytest.raises(InputError, match="no georeferenced"):
         open_catalog(str(tmp_path / "plain.zarr"))
+
+
+def test_resampling_of_a_smooth_field_in_another_crs(tmp_path: Path) -> None:
+    """A smooth ramp warped from Web Mercator: bilinear is closer to the truth than nearest."""
+    target = Affine(2.0, 0, 500_000, 0, -2.0, 2_000_000)
+    rows, cols = np.mgrid[0:128, 0:128]
+    src = (100 + 7 * rows + 3 * cols).astype(np.uint16)
+    transform, width, height = calculate_default_transform(
+        "EPSG:32649", "EPSG:3857", 128, 128, *rasterio.transform.array_bounds(128, 128, target),
+        resolution=1.3)
+    warped = np.zeros((height, width), dtype=np.uint16)
+    reproject(src, warped, src_transform=target, src_crs="EPSG:32649", dst_transform=transform,
+              dst_crs="EPSG:3857", src_nodata=0, dst_nodata=0, resampling=Resampling.bilinear)
+    with rasterio.open(tmp_path / "merc.tif", "w", driver="GTiff", height=height, width=width,
+                       count=1, dtype="uint16", crs="EPSG:3857", transform=transform,
+                       nodata=0) as dst:
+        dst.write(warped, 1)
+    errors = {}
+    for name in ("nearest", "bilinear"):
+        catalog = open_catalog(str(tmp_path))
+        catalog.resampling = name
+        pixels, valid = catalog.read("EPSG:32649", target, 128, 128, (1,))
+        inner = valid.copy()
+        inner[:6], inner[-6:], inner[:, :6], inner[:, -6:] = False, False, False, False
+        errors[name] = np.abs(pixels[0].astype(float) - src)[inner].mean()
+    assert errors["bilinear"] < 0.6 * errors["nearest"], errors
+
+
+def test_unknown_resampling_is_refused() -> None:
+    from depthseg.mapping import MapRequest
+
+    with pytest.raises(InputError, match="resampling 'bicubic' is not known.*bilinear"):
+        MapRequest(bbox=(0, 0, 1, 1), imagery="x", model="y", out="z", resampling="bicubic")
