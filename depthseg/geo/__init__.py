@@ -10,6 +10,7 @@ from depthseg.geo.grid import (
     auto_crs,
     parse_crs,
     plan_grid,
+    reproject_geometry,
 )
 from depthseg.geo.tiles import (
     DEFAULT_OVERLAP,
@@ -38,6 +39,7 @@ __all__ = [
     "TileLayout",
     "TileOffset",
     "TileSpec",
+    "reproject_geometry",
     "auto_crs",
     "axis_offsets",
     "blend_weights",

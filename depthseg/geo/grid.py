@@ -315,7 +315,7 @@ class OutputGrid:
         shapes = []
         for item in footprints:
             if isinstance(item, odc_geom.Geometry) and item.crs not in (None, self.crs):
-                shapes.append(_reproject(item.geom, str(item.crs), self.crs))
+                shapes.append(reproject_geometry(item.geom, str(item.crs), self.crs))
             elif isinstance(item, (BaseGeometry, odc_geom.Geometry)):
                 shapes.append(getattr(item, "geom", item))
             elif _is_bounds(item):
@@ -326,9 +326,13 @@ class OutputGrid:
         return shapes
 
 
-def _reproject(shape: BaseGeometry, src_crs: str, dst_crs: str) -> BaseGeometry:
-    # Densify first so straight edges in the source CRS stay contained once curved; done here
-    # with pyproj rather than odc-geo's to_crs, which calls a deprecated shapely function.
+def reproject_geometry(shape: BaseGeometry, src_crs: str, dst_crs: str) -> BaseGeometry:
+    """A shapely geometry from ``src_crs`` to ``dst_crs``, edges densified first.
+
+    Straight edges in the source CRS become curves in the target; densifying (20 segments
+    along the longer side) keeps footprints and bboxes contained once warped. Done with pyproj
+    rather than odc-geo's ``to_crs``, which calls a deprecated shapely function.
+    """
     minx, miny, maxx, maxy = shape.bounds
     step = max(maxx - minx, maxy - miny) / 20
     if step > 0:

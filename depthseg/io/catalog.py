@@ -146,11 +146,11 @@ class Catalog:
     def footprints(self, crs: str) -> list[Any]:
         """Scene footprints (shapely polygons) in ``crs``, in :attr:`scenes` order."""
         if self._index_crs != crs:
-            from depthseg.geo.grid import _reproject  # densified reprojection, shared with geo
+            from depthseg.geo import reproject_geometry
 
             self._footprints = [
                 shapely.box(*s.bounds) if CRS.from_string(s.crs) == CRS.from_string(crs)
-                else _reproject(shapely.box(*s.bounds), s.crs, crs) for s in self.scenes]
+                else reproject_geometry(shapely.box(*s.bounds), s.crs, crs) for s in self.scenes]
             self._tree = STRtree(self._footprints)
             self._index_crs = crs
         return self._footprints

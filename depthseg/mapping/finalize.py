@@ -137,7 +137,7 @@ def _stac(out: str, storage: Storage, plan: Plan, chunks: list[ChunkId],
     now = datetime.now(timezone.utc).replace(microsecond=0)
     extent_start, extent_end = now, now
     epsg = rasterio.crs.CRS.from_string(plan.grid.crs).to_epsg()
-    items = []
+    items: list[pystac.Item] = []
     for chunk in chunks:
         bbox = _lonlat_box(plan, plan.grid.chunk_bounds(chunk))
         minx, miny, maxx, maxy = bbox
