@@ -96,12 +96,14 @@ def model_fingerprint(model: str, storage: Storage) -> str:
 
 
 def plan_fingerprint(plan: Plan) -> str:
-    """Hash of what makes chunks comparable between runs: grid, tiles, bands.
+    """Hash of what makes chunks comparable between runs: grid, tiles, bands, resampling.
 
     Not the chunk list: new imagery at the edge adds chunks without invalidating the others.
     """
     data = plan.to_dict()
     kept = {k: data[k] for k in ("grid", "transform", "tiles", "bands")}
+    if data.get("resampling", "nearest") != "nearest":  # runs from before the option hash alike
+        kept["resampling"] = data["resampling"]
     return _digest([json.dumps(kept, sort_keys=True)])
 
 

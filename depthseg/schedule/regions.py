@@ -11,7 +11,7 @@ Format (YAML)::
         out: s3://bucket/maps/liuzhou/     # region output root: runs/<run id>/, latest.json
         schedule: "0 2 * * *"              # 5-field cron, evaluated in UTC
         # optional map options (jobs/map_region.py's flags): crs, resolution, chunk, tile,
-        # overlap, batch_size, gpus, cpu_actors, stac_asset
+        # overlap, batch_size, gpus, cpu_actors, stac_asset, resampling
 
 Every problem is reported as one line naming the file, the region, the key, the value, what
 is expected and the fix (:class:`~depthseg.errors.InputError`).
@@ -48,6 +48,7 @@ _OPTIONS: dict[str, tuple[str, str, Any]] = {
     "gpus": ("gpus", "gpus", None),
     "cpu_actors": ("cpu_actors", "positive_int", 1),
     "stac_asset": ("stac_asset", "text", "image"),
+    "resampling": ("resampling", "text", "nearest"),
 }
 _EXPECTED = {
     "crs": "a CRS such as 'EPSG:4326'",

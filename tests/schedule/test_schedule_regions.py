@@ -28,10 +28,11 @@ def test_a_valid_file_fills_the_defaults() -> None:
     assert (request.bbox_crs, request.crs, request.chunk_size, request.tile) == (
         "EPSG:4326", "auto", 2048, 518)
     [tuned] = parse_regions(_text({**GOOD, "chunk": 1024, "gpus": 2, "resolution": 0.8,
-                                   "bbox_crs": "EPSG:32649"}), "r.yaml")
+                                   "bbox_crs": "EPSG:32649", "resampling": "bilinear"}),
+                            "r.yaml")
     request = tuned.request("x", gpus=7)
-    assert (request.chunk_size, request.gpus, request.resolution, request.bbox_crs) == (
-        1024, 2, 0.8, "EPSG:32649")
+    assert (request.chunk_size, request.gpus, request.resolution, request.bbox_crs,
+            request.resampling) == (1024, 2, 0.8, "EPSG:32649", "bilinear")
     assert parse_regions(_text(GOOD), "r.yaml")[0].request("x", gpus=3).gpus == 3
 
 
@@ -50,6 +51,7 @@ def test_a_valid_file_fills_the_defaults() -> None:
     ({"resolution": "fine"}, ["'resolution'", "positive number"]),
     ({"name": "liu zhou"}, ["regions[0]", "'name'", "'liu zhou'", "letters, digits"]),
     ({"out": 5}, ["'out'", "path or s3:// URI"]),
+    ({"resampling": "bicubic"}, ["region 'liuzhou'", "'bicubic'", "bilinear"]),
 ])
 def test_bad_values_name_region_key_value_and_fix(change: dict[str, Any],
                                                   words: list[str]) -> None:
