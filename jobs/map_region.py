@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
                      include_dashboard=False)
             if gpus is None:
                 gpus = int(ray.cluster_resources().get("GPU", 0))
+                if gpus == 0 and (args.ray_address or os.environ.get("RAY_ADDRESS")):
+                    # An autoscaling cluster may start with no GPU node; --gpus N scales up.
+                    print("note: the cluster has no GPU now, so the model runs on CPU actors; "
+                          "pass --gpus N to use (and scale up) N GPUs", file=sys.stderr)
         request = MapRequest(
             bbox=tuple(args.bbox), imagery=args.imagery, model=args.model, out=args.out,
             bbox_crs=args.bbox_crs, crs=args.crs, resolution=args.resolution,

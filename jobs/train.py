@@ -74,7 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         ray.data.DataContext.get_current().enable_progress_bars = False
         workers = args.num_workers
         if workers is None:
-            workers = max(1, int(ray.cluster_resources().get("GPU", 0))) if args.gpu else 1
+            gpus_now = int(ray.cluster_resources().get("GPU", 0))
+            workers = max(1, gpus_now) if args.gpu else 1
+            if args.gpu and gpus_now == 0:
+                # An autoscaling cluster starts with no GPU node: one worker scales one up.
+                print("note: the cluster has no GPU yet (autoscaling?); training with 1 GPU "
+                      "worker; pass --num-workers N for more", file=sys.stderr)
         scaling = Scaling(num_workers=workers, gpu=args.gpu, max_failures=args.max_failures,
                           cpus_per_worker=args.cpus_per_worker)
         result = train(spec, name, args.storage, scaling, resume=args.resume)
