@@ -155,6 +155,27 @@ def build_optimizer(model: nn.Module, config: Config, total_steps: int) -> tuple
     return optimizer, scheduler
 
 
+def align_schedule(optimizer: Any, scheduler: Any, milestones: list[int]) -> bool:
+    """Move a restored MultiStepLR onto this run's milestones; True when they changed.
+
+    A checkpoint holds the milestones of the run that wrote it; resuming with more (or fewer)
+    ``epochs`` moves them. The learning rate is set to what the new schedule gives at the
+    restored step: ``base_lr * gamma ** (milestones passed)``.
+    """
+    from bisect import bisect_right
+    from collections import Counter
+
+    wanted = Counter(milestones)
+    if scheduler.milestones == wanted:
+        return False
+    scheduler.milestones = wanted
+    passed = bisect_right(sorted(wanted.elements()), scheduler.last_epoch)
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * scheduler.gamma ** passed
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    return True
+
+
 def autocast(device: torch.device, precision: str) -> Any:
     """bf16 autocast on CUDA when the recipe asks for it; fp32 elsewhere."""
     if device.type == "cuda" and precision == "bf16":
@@ -199,6 +220,9 @@ def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print)
         state, _ = load_state(checkpoint, model, optimizer, scheduler)
         model.to(device)
         log_rank0(rank, log, f"resumed from {checkpoint}: epoch {state.epoch}, step {state.step}")
+        if align_schedule(optimizer, scheduler, tc.milestone_steps(total)):
+            log_rank0(rank, log, f"epochs changed: LR milestones moved to "
+                      f"{tc.milestone_steps(total)}, lr now {scheduler.get_last_lr()}")
     net = hooks.wrap(model)
     loss_fn = DepthSegLoss(tc.depth_loss_weight, tc.cls_loss_weight, tc.ignore_index)
     mean = torch.tensor(contract.mean, device=device)

@@ -16,7 +16,7 @@ from depthseg.metrics import confusion_matrix, scores
 from depthseg.train.checkpoint import STATE_FILE
 from depthseg.train.data import LocalFeed, augment
 from depthseg.train.evaluate import evaluate
-from depthseg.train.loop import RunSpec, build_optimizer, fit
+from depthseg.train.loop import RunSpec, align_schedule, build_optimizer, fit
 from depthseg.train.prepare import PrepareOptions, prepare_chips
 
 CONFIG = load_config("configs/tiny.yaml")
@@ -56,6 +56,32 @@ def test_lr_milestones_fall_at_30_and_60_percent():
     assert lrs[5] == pytest.approx(lr) and lrs[6] == pytest.approx(lr * 0.2)
     assert lrs[11] == pytest.approx(lr * 0.2) and lrs[12] == pytest.approx(lr * 0.04)
     assert CONFIG.train.milestone_steps(20) == [6, 12]
+
+
+def test_resuming_with_more_epochs_moves_the_lr_milestones():
+    """Checkpoint at step 8 of a 20-step run, resumed as a 40-step run (milestones 12, 24)."""
+    model = torch.nn.Linear(2, 2)
+    optimizer, scheduler = build_optimizer(model, CONFIG, total_steps=20)
+    for _ in range(8):
+        optimizer.step()
+        scheduler.step()
+    saved = optimizer.state_dict(), scheduler.state_dict()
+    lr = CONFIG.train.lr
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(lr * 0.2)  # passed 6
+    optimizer, scheduler = build_optimizer(model, CONFIG, total_steps=40)
+    optimizer.load_state_dict(saved[0])
+    scheduler.load_state_dict(saved[1])
+    assert align_schedule(optimizer, scheduler, CONFIG.train.milestone_steps(40))
+    lrs = []
+    for _ in range(8, 40):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # Steps 8..11 at the full lr again (milestone 12 not reached), 12..23 x0.2, 24.. x0.04.
+    assert lrs[0] == pytest.approx(lr) and lrs[3] == pytest.approx(lr)
+    assert lrs[4] == pytest.approx(lr * 0.2) and lrs[15] == pytest.approx(lr * 0.2)
+    assert lrs[16] == pytest.approx(lr * 0.04) and lrs[-1] == pytest.approx(lr * 0.04)
+    assert not align_schedule(optimizer, scheduler, CONFIG.train.milestone_steps(40))
 
 
 def test_augment_moves_image_label_and_depth_together():
