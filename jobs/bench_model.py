@@ -9,9 +9,16 @@ Measures, per preset (random weights; numbers do not depend on weight values):
   ViT, no heads), eager and (with ``--compile``) ``torch.compile``d, and their ratio (the design
   target is >= 0.75).
 
-Needs only torch + timm (no Ray, no GDAL), so it runs on a bare GPU box:
+- with ``--predict-stage``: the mapping predict stage alone (``ChunkPredictor.predict_chunk``
+  on a chunk + halo already in memory: uint8/uint16 to the device, normalise, batched bf16
+  forward, blending and encoding on the device, the three layers back to the host), eager and
+  compiled, tiles/s and peak memory, as a fraction of the bare encoder's tiles/s from the same
+  run (the mapping target is >= 0.75).
 
-    python jobs/bench_model.py --presets vits vitb vitl --compile              # GPU
+Needs only torch + timm (+ fsspec and safetensors, which transformers brings; no Ray, no
+GDAL, no Zarr), so it runs on a bare GPU box:
+
+    python jobs/bench_model.py --presets vits vitl --compile --predict-stage    # GPU
     python jobs/bench_model.py --presets tiny vits --infer-batch 2 --steps 2   # CPU smoke
 """
 
@@ -128,6 +135,46 @@ def bench_infer(
     return results
 
 
+def bench_predict(preset: str, device: torch.device, chunk: int, tile: int, overlap: int,
+                  batch: int, repeats: int, compile_: bool) -> dict[str, float]:
+    """The mapping predict stage on one chunk + halo in memory, eager and compiled."""
+    import numpy as np
+
+    from depthseg.geo.tiles import TileSpec
+    from depthseg.io.bundle import Contract
+    from depthseg.mapping.predict import ChunkPredictor
+
+    config = load_config(REPO_ROOT / "configs" / f"{preset}.yaml")
+    bands = config.model.in_channels
+    dtype = "uint8" if bands == 3 else "uint16"
+    contract = Contract(band_indices=tuple(range(1, bands + 1)),
+                        band_names=tuple(f"b{i}" for i in range(bands)), input_dtype=dtype,
+                        value_range=(0, 255 if dtype == "uint8" else 1023),
+                        mean=(100.0,) * bands, std=(50.0,) * bands,
+                        class_names=tuple(f"c{i}" for i in range(config.model.num_classes)),
+                        palette=((0, 0, 0),) * config.model.num_classes, tile_size=tile)
+    tiles = TileSpec(tile=tile, overlap=overlap)
+    side = chunk + 2 * tiles.halo_px
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (bands, side, side)).astype(dtype)
+    valid = np.ones((side, side), dtype=bool)
+    n_tiles = len(tiles.layout(chunk, chunk))
+    model = build_model(config.model).eval()
+    results: dict[str, float] = {"chunk": chunk, "tile": tile, "batch": batch,
+                                 "tiles_per_chunk": n_tiles}
+    variants = [("eager", False)] + ([("compiled", True)] if compile_ else [])
+    for name, compiled in variants:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        predictor = ChunkPredictor(torch.compile(model) if compiled else model, contract, tiles,
+                                   batch_size=batch, device=device)
+        seconds = _timed(lambda p=predictor: p.predict_chunk(pixels, valid), device,
+                         warmup=3 if compiled else 1, repeats=repeats)
+        results[f"predict_{name}_tiles_per_s"] = n_tiles / seconds
+        results[f"predict_{name}_peak_mb"] = _peak_mb(device)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["vits", "vitb", "vitl"])
@@ -138,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed repeats per measurement")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--predict-stage", action="store_true",
+                        help="also time the mapping predict stage on one chunk in memory")
+    parser.add_argument("--chunk", type=int, default=4096, help="predict-stage chunk side")
+    parser.add_argument("--overlap", type=int, default=64, help="predict-stage tile overlap")
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args(argv)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
@@ -156,6 +207,16 @@ def main(argv: list[str] | None = None) -> int:
             preset, device, args.infer_size, args.infer_batch, args.steps, args.compile
         )
         print(preset, "infer", json.dumps(results[preset]["infer"]), flush=True)
+        if args.predict_stage:
+            stage = bench_predict(preset, device, args.chunk, args.infer_size, args.overlap,
+                                  args.infer_batch, args.steps, args.compile)
+            infer = results[preset]["infer"]
+            for name in ("eager", "compiled"):
+                if f"predict_{name}_tiles_per_s" in stage:
+                    stage[f"over_encoder_{name}"] = (stage[f"predict_{name}_tiles_per_s"]
+                                                     / infer[f"encoder_{name}_tiles_per_s"])
+            results[preset]["predict_stage"] = stage
+            print(preset, "predict-stage", json.dumps(stage), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"device": name, "results": results}, indent=2))
     return 0

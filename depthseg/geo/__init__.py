@@ -1,29 +1,63 @@
-"""Pure grid maths for mapping: output grid, chunks, halos, tiles, blending weights. No I/O."""
+"""Pure grid maths for mapping: output grid, chunks, halos, tiles, blending weights. No I/O.
 
-from depthseg.geo.blend import Blender, BlendKind, blend_weights, crop_halo
-from depthseg.geo.grid import (
-    DEFAULT_CHUNK_SIZE,
-    Bounds,
-    ChunkId,
-    OutputGrid,
-    PixelWindow,
-    auto_crs,
-    parse_crs,
-    plan_grid,
-    reproject_geometry,
-)
-from depthseg.geo.tiles import (
-    DEFAULT_OVERLAP,
-    DEFAULT_TILE,
-    VIT_PATCH,
-    TileLayout,
-    TileOffset,
-    TileSpec,
-    axis_offsets,
-    chunk_read_window,
-    round_to_patch,
-    tile_windows,
-)
+Names are imported on first use (PEP 562): tiles and blending need only numpy, so the predict
+stage loads without pyproj/shapely/odc-geo (which the output grid needs) on a bare GPU box.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from depthseg.geo.blend import Blender, BlendKind, blend_weights, crop_halo
+    from depthseg.geo.grid import (
+        DEFAULT_CHUNK_SIZE,
+        Bounds,
+        ChunkId,
+        OutputGrid,
+        PixelWindow,
+        auto_crs,
+        parse_crs,
+        plan_grid,
+        reproject_geometry,
+    )
+    from depthseg.geo.tiles import (
+        DEFAULT_OVERLAP,
+        DEFAULT_TILE,
+        VIT_PATCH,
+        TileLayout,
+        TileOffset,
+        TileSpec,
+        axis_offsets,
+        chunk_read_window,
+        round_to_patch,
+        tile_windows,
+    )
+
+_WHERE = {
+    "Blender": "blend",
+    "BlendKind": "blend",
+    "blend_weights": "blend",
+    "crop_halo": "blend",
+    "DEFAULT_CHUNK_SIZE": "grid",
+    "Bounds": "grid",
+    "ChunkId": "grid",
+    "OutputGrid": "grid",
+    "PixelWindow": "grid",
+    "auto_crs": "grid",
+    "parse_crs": "grid",
+    "plan_grid": "grid",
+    "reproject_geometry": "grid",
+    "DEFAULT_OVERLAP": "tiles",
+    "DEFAULT_TILE": "tiles",
+    "VIT_PATCH": "tiles",
+    "TileLayout": "tiles",
+    "TileOffset": "tiles",
+    "TileSpec": "tiles",
+    "axis_offsets": "tiles",
+    "chunk_read_window": "tiles",
+    "round_to_patch": "tiles",
+    "tile_windows": "tiles",
+}
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -50,3 +84,9 @@ __all__ = [
     "round_to_patch",
     "tile_windows",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(f"depthseg.geo.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'depthseg.geo' has no attribute {name!r}")

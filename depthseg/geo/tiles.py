@@ -21,10 +21,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from numbers import Integral
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from depthseg.errors import InputError
-from depthseg.geo.grid import PixelWindow
+
+if TYPE_CHECKING:
+    from depthseg.geo.grid import PixelWindow
 
 DEFAULT_TILE = 518  # 37 x the ViT patch 14: DINOv2's native 518 px input
 DEFAULT_OVERLAP = 64
@@ -176,6 +178,8 @@ def chunk_read_window(chunk_window: PixelWindow, halo: int) -> PixelWindow:
     """
     if halo < 0:
         raise InputError(f"halo {halo} is negative; give 0 or more (default: the tile overlap)")
+    from depthseg.geo.grid import PixelWindow  # needs pyproj/odc-geo: only here
+
     return PixelWindow(
         row_off=chunk_window.row_off - halo,
         col_off=chunk_window.col_off - halo,
