@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import pystac
 import rasterio
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from pyproj import Transformer
 from rasterio.io import MemoryFile
 from rio_cogeo.cogeo import cog_translate
@@ -215,10 +215,12 @@ def _quicklook(out: str, storage: Storage, plan: Plan, mosaic: Mosaic, chunks: l
     canvas = Image.new("RGB", (max(image.width, 160), image.height + legend_h), "white")
     canvas.paste(image, (0, 0))
     draw = ImageDraw.Draw(canvas)
+    # Pillow's built-in scalable font (the bitmap fallback squeezes spaces out of class names).
+    font = ImageFont.load_default(size=12)
     for i, (name, rgb) in enumerate(zip(contract.class_names, contract.palette, strict=True)):
         y = image.height + 4 + 16 * i
         draw.rectangle((4, y, 16, y + 12), fill=tuple(rgb), outline="black")
-        draw.text((22, y), name, fill="black")
+        draw.text((22, y - 1), name, fill="black", font=font)
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     storage.write_bytes_atomic(join(out, "quicklook.png"), buffer.getvalue())
