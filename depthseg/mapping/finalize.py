@@ -20,6 +20,7 @@ import json
 import math
 import tempfile
 import warnings
+from collections.abc import Collection
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -228,17 +229,23 @@ def _quicklook(out: str, storage: Storage, plan: Plan, mosaic: Mosaic, chunks: l
 
 
 def finalize(out: str, storage: Storage, plan: Plan, mosaic: Mosaic, chunks: list[ChunkId],
-             contract: Contract, catalog: Catalog | None = None) -> int:
+             contract: Contract, catalog: Catalog | None = None,
+             cogs_ready: Collection[ChunkId] = ()) -> int:
     """Write COGs, VRTs, STAC and the quicklook for the done chunks.
 
     ``catalog`` (the run's imagery) dates the STAC items by the scenes' acquisition times.
+    ``cogs_ready``: chunks whose three COGs are already in place (copied by an incremental
+    run from the run it carried them from); they are not encoded again.
 
     Returns:
         The number of mapped pixels with imagery (for the run report's km2).
     """
     mosaic.consolidate()
     with tempfile.TemporaryDirectory(prefix="depthseg-cog-") as tmp, storage.gdal_env():
+        ready = set(cogs_ready)
         for chunk in chunks:
+            if chunk in ready:
+                continue
             prediction = mosaic.read_chunk(plan.grid, chunk)
             for layer in _OVERVIEW:
                 local = Path(tmp) / f"{layer}-{chunk.key}.tif"

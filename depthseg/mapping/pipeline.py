@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any
 
@@ -105,6 +105,7 @@ def _ray_stream(ctx: ChunkContext, chunks: list[ChunkId], request: MapRequest,
 
 def map_region(request: MapRequest, storage: Storage | None = None,
                bundle: Bundle | None = None, log: Callable[[str], None] | None = None,
+               cogs_ready: Collection[ChunkId] = (),
                ) -> RunReport:
     """Map a region: plan, predict every chunk with imagery, write the mosaics, finalise.
 
@@ -113,6 +114,8 @@ def map_region(request: MapRequest, storage: Storage | None = None,
         storage: Storage settings (local paths and ``s3://``).
         bundle: A loaded bundle to use instead of loading ``request.model`` (tests, bench).
         log: Where progress lines go (default: stderr).
+        cogs_ready: Done chunks whose COGs are already in ``request.out`` (an incremental run
+            copied them); the finaliser does not encode them again.
 
     Returns:
         The run report (also written to ``<out>/run.json``); ``report.failed`` lists chunks
@@ -161,8 +164,10 @@ def map_region(request: MapRequest, storage: Storage | None = None,
 
     final_start = time.perf_counter()
     done = sorted(mosaic.done_chunks() & set(plan.chunks))
+    ready = set(cogs_ready) & set(done)
     report.valid_pixels = finalize(request.out, storage, plan, mosaic, done, contract,
-                                   catalog)
+                                   catalog, cogs_ready=ready)
+    report.cogs_reused = len(ready)
     report.seconds["finalise"] = time.perf_counter() - final_start
     report.seconds["total"] = time.perf_counter() - started
     report.done = len(done)

@@ -28,6 +28,7 @@ class RunReport:
         seconds: Wall seconds per phase (plan, map, finalise, total) and summed per stage
             (read, predict, write; these overlap in time across workers).
         valid_pixels: Mapped pixels with imagery (for km2).
+        cogs_reused: Done chunks whose COGs were copied in, not encoded by this run.
     """
 
     request: MapRequest
@@ -42,6 +43,7 @@ class RunReport:
     seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "predict": 0.0,
                                                               "write": 0.0})
     valid_pixels: int = 0
+    cogs_reused: int = 0
     started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(
         timespec="seconds"))
 
@@ -85,6 +87,7 @@ class RunReport:
                        "already_done": self.already_done, "mapped_this_run": self.todo,
                        "failed": len(self.failed)},
             "failed_chunks": [{"chunk": k, "error": v} for k, v in sorted(self.failed.items())],
+            "cogs": {"encoded": self.done - self.cogs_reused, "reused": self.cogs_reused},
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "km2_mapped": round(self.km2, 6),
             "km2_per_hour": round(self.km2 / hours, 3),

@@ -4,8 +4,9 @@ A chunk's result depends only on the model, the plan's grid/tiles/bands and the 
 meet its read window (chunk + halo), in composite order. :func:`plan_run` fingerprints those
 for every planned chunk and compares them with the ledger of the last complete run (from
 ``latest.json``); :func:`execute_run` copies the unchanged chunks' three mosaic layers from
-that run, then lets :func:`~depthseg.mapping.map_region` (``resume=True``) compute the others
-and finalise the whole run folder (COGs, VRT, STAC, quicklook, run.json).
+that run (and their COG tiles, so they are not encoded again), then lets
+:func:`~depthseg.mapping.map_region` (``resume=True``) compute the others and finalise the
+whole run folder (COGs of the recomputed chunks, VRT, STAC, quicklook, run.json).
 
 A run folder left by a crashed or failed attempt at the same fire time is resumed when its
 ledger was started from the same model, plan and per-chunk scenes (done chunks are kept, the
@@ -243,6 +244,41 @@ def carry_over(run: RunPlan, storage: Storage, threads: int = 4) -> int:
     return len(todo)
 
 
+COG_LAYERS = ("landcover", "confidence", "depth")
+
+
+def copy_cogs(run: RunPlan, storage: Storage, threads: int = 8) -> set[ChunkId]:
+    """Copy the carried chunks' COG tiles from the previous run (server-side on S3).
+
+    Returns the chunks whose three COGs are now in the new run folder; the finaliser skips
+    encoding them. A chunk missing a COG in the previous run is simply encoded again.
+    """
+    if not run.carry or run.previous is None:
+        return set()
+    source, target = str(run.previous["uri"]), run.run_uri
+    fs, _ = storage.fs(target)
+
+    def copy(chunk: ChunkId) -> ChunkId | None:
+        pairs = [(storage.fs(join(source, "cog", layer, f"{chunk.key}.tif"))[1],
+                  storage.fs(join(target, "cog", layer, f"{chunk.key}.tif"))[1])
+                 for layer in COG_LAYERS]
+        def present() -> bool:
+            return all(fs.exists(src) for src, _ in pairs)
+
+        def copy_all() -> None:
+            for src, dst in pairs:
+                fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
+                fs.copy(src, dst)
+
+        if not with_retries(present):
+            return None
+        with_retries(copy_all)
+        return chunk
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(run.carry)))) as pool:
+        return {c for c in pool.map(copy, run.carry) if c is not None}
+
+
 @dataclass
 class RunResult:
     """What one executed run did."""
@@ -290,7 +326,8 @@ def execute_run(run: RunPlan, storage: Storage, bundle: Bundle | None = None,
     write_ledger(run.run_uri, storage, _ledger(run, "running", started_at=started_at))
     copied = carry_over(run, storage)
     log(f"{run.region.name}: run {run.run_id}: {run.summary()}; copied {copied} chunks")
-    report = map_region(run.request, storage, bundle=bundle, log=log)
+    cogs = copy_cogs(run, storage)
+    report = map_region(run.request, storage, bundle=bundle, log=log, cogs_ready=cogs)
     done = {c.key for c in Mosaic(run.run_uri, storage).done_chunks()}
     carried = {c.key for c in run.carry}
     states = {c.key: ("failed" if c.key not in done else

@@ -189,6 +189,17 @@ def test_changed_scene_recomputes_only_its_chunks(
     assert not all(np.array_equal(first[n], full[n], equal_nan=True) for n in first), \
         "the rewritten scene changed no output pixel"
 
+    # Carried chunks' COG tiles were copied, not encoded again; every COG of the run equals
+    # the full run's, byte for byte.
+    run_json = json.loads(storage.read_bytes(
+        f"{scenario['out']}/runs/20261128T020000Z/run.json"))
+    assert run_json["cogs"] == {"encoded": len(touched), "reused": 16 - len(touched)}
+    for layer in ("landcover", "confidence", "depth"):
+        for key in sorted(touched | carried):
+            name = f"cog/{layer}/{key}.tif"
+            assert storage.read_bytes(f"{scenario['out']}/runs/20261128T020000Z/{name}") == \
+                storage.read_bytes(f"{fresh}/{name}"), name
+
 
 def test_failed_run_leaves_latest_and_is_retried(
         scenario: Any, capsys: pytest.CaptureFixture[str]) -> None:
