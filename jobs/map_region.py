@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resampling", default="nearest",
                         help="warping of scenes not on the output grid: nearest, bilinear, "
                              "cubic, cubic_spline, lanczos, average")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model in each predict actor (long GPU runs)")
     parser.add_argument("--resume", action="store_true", help="continue a run in --out")
     parser.add_argument("--local", action="store_true",
                         help="run the stages in this process, without Ray (debugging)")
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             chunk_size=args.chunk, tile=args.tile, overlap=args.overlap,
             batch_size=args.batch_size, gpus=gpus or 0, cpu_actors=args.cpu_actors,
             resume=args.resume, stac_asset=args.stac_asset, resampling=args.resampling,
+            compile=args.compile,
             executor="local" if args.local else "ray")
         report = map_region(request, storage)
     except DepthSegError as err:

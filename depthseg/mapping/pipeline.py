@@ -97,10 +97,19 @@ def _ray_stream(ctx: ChunkContext, chunks: list[ChunkId], request: MapRequest,
         PredictWriter, batch_size=1, compute=ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={"ctx": ctx, "model_uri": request.model, "bundle": bundle,
                                "gpus": request.gpus, "batch_size": request.batch_size,
-                               "cpu_threads": cpu_threads},
+                               "cpu_threads": cpu_threads, "compile_model": request.compile},
         num_gpus=1 if request.gpus > 0 else 0, num_cpus=1)
     for row in ds.iter_rows():
         on_result(dict(row))
+
+
+def _eta(elapsed: float, finished: int, total: int) -> str:
+    """`` ETA 1h02m`` from the steady rate so far (after the first chunk), or ``""``."""
+    if finished < 2 or finished >= total:
+        return ""
+    seconds = int(elapsed / finished * (total - finished))
+    hours, rest = divmod(seconds, 3600)
+    return f" ETA {hours}h{rest // 60:02d}m" if hours else f" ETA {rest // 60}m{rest % 60:02d}s"
 
 
 def map_region(request: MapRequest, storage: Storage | None = None,
@@ -149,16 +158,18 @@ def map_region(request: MapRequest, storage: Storage | None = None,
             report.seconds["first_chunk"] = time.perf_counter() - map_start
         report.add_chunk(row)
         state = f"FAILED ({row['error']})" if row["error"] else "done"
-        log(f"[{report.finished}/{len(todo)}] chunk {row['chunk']} {state} "
-            f"(read {row['read_s']:.1f}s, predict {row['predict_s']:.1f}s, "
-            f"write {row['write_s']:.1f}s)")
+        log(f"[{report.finished}/{len(todo)} {100 * report.finished / len(todo):.0f}%"
+            f"{_eta(time.perf_counter() - map_start, report.finished, len(todo))}] chunk "
+            f"{row['chunk']} {state} (read {row['read_s']:.1f}s, predict "
+            f"{row['predict_s']:.1f}s, write {row['write_s']:.1f}s)")
 
     map_start = time.perf_counter()
     if todo:
         if request.executor == "ray":
             _ray_stream(ctx, todo, request, bundle, on_result)
         else:
-            writer = PredictWriter(ctx, request.model, bundle, request.gpus, request.batch_size)
+            writer = PredictWriter(ctx, request.model, bundle, request.gpus, request.batch_size,
+                                   compile_model=request.compile)
             run_local(ctx, todo, writer, on_result)
     report.seconds["map"] = time.perf_counter() - map_start
 

@@ -46,6 +46,7 @@ class MapRequest:
         resampling: How scenes in another CRS or resolution are warped onto the output grid
             (``nearest``, ``bilinear``, ``cubic``, ``cubic_spline``, ``lanczos``,
             ``average``); scenes already on the grid are copied as they are.
+        compile: ``torch.compile`` the model in every predict actor.
     """
 
     bbox: tuple[float, float, float, float]
@@ -65,6 +66,7 @@ class MapRequest:
     stac_asset: str = "image"
     executor: str = "ray"
     resampling: str = "nearest"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.resampling not in RESAMPLING:

@@ -18,6 +18,7 @@ Output encoding (also written to the mosaic attributes):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ class ChunkPredictor:
 
     def __init__(self, model: torch.nn.Module, contract: Contract, tiles: TileSpec,
                  batch_size: int = 8, device: torch.device | str = "cpu",
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, compile_model: bool = False) -> None:
         """Move the model to the device once.
 
         Args:
@@ -61,6 +62,9 @@ class ChunkPredictor:
             batch_size: Tiles per forward pass.
             device: Where the model runs.
             num_classes: Class count (default: the contract's).
+            compile_model: ``torch.compile`` the model (first batches compile; worth it for
+                long GPU runs). Short batches are padded to ``batch_size`` so one static shape
+                is compiled.
         """
         if batch_size < 1:
             raise InputError(f"batch size {batch_size} must be >= 1; give e.g. 8")
@@ -71,6 +75,8 @@ class ChunkPredictor:
         self.batch_size = batch_size
         self.num_classes = num_classes or len(contract.class_names)
         self.tiles_run = 0
+        self.compiled = compile_model
+        self._run: Any = torch.compile(self.model) if compile_model else self.model
 
     def _forward(self, tiles: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Raw tiles (B, C, T, T) -> probabilities (B, K, T, T) and depth, on the device."""
@@ -79,12 +85,16 @@ class ChunkPredictor:
         if batch.dtype not in (torch.uint8,):
             batch = batch.to(torch.int32)
         images = normalize(batch, self.contract.mean, self.contract.std)
+        count = images.shape[0]
+        if self.compiled and count < self.batch_size:  # one static shape for the compiler
+            images = torch.cat([images, images.new_zeros(
+                (self.batch_size - count, *images.shape[1:]))])
         use_bf16 = self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                     enabled=use_bf16):
-            out = self.model(images)
-            probs = torch.softmax(out.logits.float(), dim=1)
-            depth = out.depths[0].float() if len(out.depths) else None
+            out = self._run(images)
+            probs = torch.softmax(out.logits[:count].float(), dim=1)
+            depth = out.depths[0][:count].float() if len(out.depths) else None
             if depth is not None and depth.shape[-2:] != probs.shape[-2:]:
                 depth = torch.nn.functional.interpolate(depth, size=probs.shape[-2:],
                                                         mode="bilinear", align_corners=False)

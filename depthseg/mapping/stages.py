@@ -86,7 +86,7 @@ class PredictWriter:
 
     def __init__(self, ctx: ChunkContext, model_uri: str | None = None,
                  bundle: Bundle | None = None, gpus: int = 0, batch_size: int = 8,
-                 cpu_threads: int | None = None) -> None:
+                 cpu_threads: int | None = None, compile_model: bool = False) -> None:
         """Load the model onto this worker's device.
 
         Args:
@@ -98,6 +98,7 @@ class PredictWriter:
             cpu_threads: Torch threads when the model runs on the CPU. Ray starts a worker
                 with ``OMP_NUM_THREADS`` = its ``num_cpus`` (1), which would leave a CPU
                 actor on one core while the read tasks mostly wait on I/O.
+            compile_model: ``torch.compile`` the model (see :class:`ChunkPredictor`).
         """
         if bundle is None:
             assert model_uri is not None
@@ -107,7 +108,8 @@ class PredictWriter:
         if device.type == "cpu" and cpu_threads:
             torch.set_num_threads(min(cpu_threads, os.cpu_count() or 1))
         self.predictor = ChunkPredictor(bundle.model, bundle.contract, ctx.tiles,
-                                        batch_size=batch_size, device=device)
+                                        batch_size=batch_size, device=device,
+                                        compile_model=compile_model)
         self.mosaic = Mosaic(ctx.out, ctx.storage)
 
     def process(self, key: str, pixels: np.ndarray, valid: np.ndarray) -> tuple[float, float]:

@@ -144,3 +144,24 @@ def test_device_blender_equals_the_host_blender() -> None:
     height, width = layout.height, layout.width
     np.testing.assert_allclose(device.result()[:, :height, :width].numpy(),
                                host.result(fill_value=0.0), rtol=1e-6, atol=1e-7)
+
+
+def test_compiled_predictor_matches_eager_with_a_short_last_batch() -> None:
+    """``--compile``: a short last batch is padded to one static shape; results unchanged."""
+    tiles = TileSpec(tile=126, overlap=28)
+    contract = contract_for("uint16", (3, 2, 1))
+    rng = np.random.default_rng(0)
+    side = 200 + 2 * tiles.halo_px  # 3 x 3 tiles: batches of 4, 4 and 1
+    pixels = rng.integers(1, 1000, (3, side, side)).astype(np.uint16)
+    valid = np.ones((side, side), dtype=bool)
+    valid[:40, :] = False
+    eager = ChunkPredictor(LocalModel(), contract, tiles, batch_size=4)
+    compiled = ChunkPredictor(LocalModel(), contract, tiles, batch_size=4, compile_model=True)
+    expected = eager.predict_chunk(pixels, valid)
+    got = compiled.predict_chunk(pixels, valid)
+    assert compiled.tiles_run == eager.tiles_run == 9
+    agree = (got.landcover == expected.landcover).mean()
+    assert agree > 0.999, agree
+    assert np.abs(got.confidence.astype(int) - expected.confidence).max() <= 1
+    np.testing.assert_allclose(got.depth.astype(float), expected.depth.astype(float),
+                               atol=2e-3)
