@@ -23,7 +23,13 @@ from depthseg.io.storage import Storage, join
 from depthseg.mapping.finalize import finalize
 from depthseg.mapping.plan import MapRequest, Plan, make_plan
 from depthseg.mapping.report import RunReport
-from depthseg.mapping.stages import ChunkContext, PredictWriter, read_batch, run_local
+from depthseg.mapping.stages import (
+    ChunkContext,
+    ChunkPredictActor,
+    read_batch,
+    run_local,
+    write_batch,
+)
 from depthseg.mapping.write import Mosaic
 
 PLAN = "plan.json"
@@ -94,11 +100,15 @@ def _ray_stream(ctx: ChunkContext, chunks: list[ChunkId], request: MapRequest,
                         compute=TaskPoolStrategy(size=read_tasks))
     # The one place the actor pool is declared (its arguments changed across Ray releases).
     ds = ds.map_batches(
-        PredictWriter, batch_size=1, compute=ActorPoolStrategy(size=actors),
+        ChunkPredictActor, batch_size=1, compute=ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={"ctx": ctx, "model_uri": request.model, "bundle": bundle,
                                "gpus": request.gpus, "batch_size": request.batch_size,
                                "cpu_threads": cpu_threads, "compile_model": request.compile},
         num_gpus=1 if request.gpus > 0 else 0, num_cpus=1)
+    # Writes (Zarr encoding, uploads) run beside the actors; a quarter CPU each, as they
+    # mostly wait on storage.
+    ds = ds.map_batches(write_batch, batch_size=1, fn_kwargs={"ctx": ctx}, num_cpus=0.25,
+                        compute=TaskPoolStrategy(size=max(2, read_tasks)))
     for row in ds.iter_rows():
         on_result(dict(row))
 
@@ -168,9 +178,9 @@ def map_region(request: MapRequest, storage: Storage | None = None,
         if request.executor == "ray":
             _ray_stream(ctx, todo, request, bundle, on_result)
         else:
-            writer = PredictWriter(ctx, request.model, bundle, request.gpus, request.batch_size,
-                                   compile_model=request.compile)
-            run_local(ctx, todo, writer, on_result)
+            predictor = ChunkPredictActor(ctx, request.model, bundle, request.gpus,
+                                          request.batch_size, compile_model=request.compile)
+            run_local(ctx, todo, predictor, on_result)
     report.seconds["map"] = time.perf_counter() - map_start
 
     final_start = time.perf_counter()
