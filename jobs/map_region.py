@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "cubic, cubic_spline, lanczos, average")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model in each predict actor (long GPU runs)")
+    parser.add_argument("--write-stage", choices=("auto", "separate", "actor"), default="auto",
+                        help="where chunks are written: separate Ray Data tasks (default with "
+                             "GPUs) or the predict actor (default on CPU)")
     parser.add_argument("--resume", action="store_true", help="continue a run in --out")
     parser.add_argument("--local", action="store_true",
                         help="run the stages in this process, without Ray (debugging)")
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             chunk_size=args.chunk, tile=args.tile, overlap=args.overlap,
             batch_size=args.batch_size, gpus=gpus or 0, cpu_actors=args.cpu_actors,
             resume=args.resume, stac_asset=args.stac_asset, resampling=args.resampling,
-            compile=args.compile,
+            compile=args.compile, write_stage=args.write_stage,
             executor="local" if args.local else "ray")
         report = map_region(request, storage)
     except DepthSegError as err:

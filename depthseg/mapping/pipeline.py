@@ -93,6 +93,8 @@ def _ray_stream(ctx: ChunkContext, chunks: list[ChunkId], request: MapRequest,
     read_tasks = max(1, node_cpus - actors)
     # CPU actors share the CPUs between them (reads are short and mostly wait on I/O).
     cpu_threads = None if request.gpus > 0 else max(1, node_cpus // actors)
+    separate_writes = (request.write_stage == "separate"
+                       or (request.write_stage == "auto" and request.gpus > 0))
     ds: Any = ray.data.from_items([{"chunk": c.key} for c in chunks],
                              override_num_blocks=len(chunks))
     # Read tasks may run up to one chunk ahead of each actor; the rest is Ray's backpressure.
@@ -103,12 +105,15 @@ def _ray_stream(ctx: ChunkContext, chunks: list[ChunkId], request: MapRequest,
         ChunkPredictActor, batch_size=1, compute=ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={"ctx": ctx, "model_uri": request.model, "bundle": bundle,
                                "gpus": request.gpus, "batch_size": request.batch_size,
-                               "cpu_threads": cpu_threads, "compile_model": request.compile},
+                               "cpu_threads": cpu_threads, "compile_model": request.compile,
+                               "write": not separate_writes},
         num_gpus=1 if request.gpus > 0 else 0, num_cpus=1)
-    # Writes (Zarr encoding, uploads) run beside the actors; a quarter CPU each, as they
-    # mostly wait on storage.
-    ds = ds.map_batches(write_batch, batch_size=1, fn_kwargs={"ctx": ctx}, num_cpus=0.25,
-                        compute=TaskPoolStrategy(size=max(2, read_tasks)))
+    if separate_writes:
+        # GPU actors hand the encoded chunk to write tasks (Zarr encoding, uploads; a quarter
+        # CPU each, as they mostly wait on storage), so the GPU never waits on them. CPU
+        # actors write themselves: there the write shares the cores with the model anyway.
+        ds = ds.map_batches(write_batch, batch_size=1, fn_kwargs={"ctx": ctx}, num_cpus=0.25,
+                            compute=TaskPoolStrategy(size=max(2, read_tasks)))
     for row in ds.iter_rows():
         on_result(dict(row))
 

@@ -47,6 +47,9 @@ class MapRequest:
             (``nearest``, ``bilinear``, ``cubic``, ``cubic_spline``, ``lanczos``,
             ``average``); scenes already on the grid are copied as they are.
         compile: ``torch.compile`` the model in every predict actor.
+        write_stage: Where chunks are written: ``"separate"`` (Ray Data write tasks after the
+            predict actors), ``"actor"`` (by the predict actor), or ``"auto"``: separate with
+            GPUs, in the actor on CPU-only runs.
     """
 
     bbox: tuple[float, float, float, float]
@@ -67,8 +70,12 @@ class MapRequest:
     executor: str = "ray"
     resampling: str = "nearest"
     compile: bool = False
+    write_stage: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.write_stage not in ("auto", "separate", "actor"):
+            raise InputError(f"write stage {self.write_stage!r} is not known; give 'auto', "
+                             "'separate' or 'actor'")
         if self.resampling not in RESAMPLING:
             raise InputError(f"resampling {self.resampling!r} is not known; give one of "
                              f"{', '.join(RESAMPLING)}")

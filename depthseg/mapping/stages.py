@@ -94,7 +94,8 @@ class ChunkPredictActor:
 
     def __init__(self, ctx: ChunkContext, model_uri: str | None = None,
                  bundle: Bundle | None = None, gpus: int = 0, batch_size: int = 8,
-                 cpu_threads: int | None = None, compile_model: bool = False) -> None:
+                 cpu_threads: int | None = None, compile_model: bool = False,
+                 write: bool = False) -> None:
         """Load the model onto this worker's device.
 
         Args:
@@ -107,6 +108,9 @@ class ChunkPredictActor:
                 with ``OMP_NUM_THREADS`` = its ``num_cpus`` (1), which would leave a CPU
                 actor on one core while the read tasks mostly wait on I/O.
             compile_model: ``torch.compile`` the model (see :class:`ChunkPredictor`).
+            write: Also write each chunk here and return :func:`write_batch`'s rows: for
+                CPU-only runs, where the model shares the cores with the writes anyway and a
+                separate stage only adds a hop through the object store.
         """
         if bundle is None:
             assert model_uri is not None
@@ -118,6 +122,7 @@ class ChunkPredictActor:
         self.predictor = ChunkPredictor(bundle.model, bundle.contract, ctx.tiles,
                                         batch_size=batch_size, device=device,
                                         compile_model=compile_model)
+        self.write = write
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Ray Data actor call: read rows -> predicted rows (encoded layers, no input pixels)."""
@@ -141,7 +146,8 @@ class ChunkPredictActor:
             for name, value in (("chunk", str(key)), ("error", error),
                                 ("read_s", float(batch["read_s"][i])), ("predict_s", seconds)):
                 out[name].append(value)
-        return {name: np.stack(v) if name in LAYERS else np.array(v) for name, v in out.items()}
+        rows = {name: np.stack(v) if name in LAYERS else np.array(v) for name, v in out.items()}
+        return write_batch(rows, self.ctx) if self.write else rows
 
 
 def write_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, np.ndarray]:
@@ -174,5 +180,6 @@ def run_local(ctx: ChunkContext, chunks: list[ChunkId], predictor: ChunkPredictA
     """The same stages in one process, chunk by chunk (debugging, tests, the benchmark)."""
     for chunk in chunks:
         read = read_batch({"chunk": np.array([chunk.key])}, ctx)
-        out = write_batch(predictor(read), ctx)
+        predicted = predictor(read)
+        out = predicted if predictor.write else write_batch(predicted, ctx)
         on_result({name: values[0] for name, values in out.items()})

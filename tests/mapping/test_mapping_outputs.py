@@ -162,3 +162,18 @@ def test_a_deleted_done_marker_is_recomputed_identically(
                                        resume=True))
     assert report.todo == 1 and report.done == len(plan["chunks"])
     assert cog.read_bytes() == cog_bytes
+
+
+def test_separate_write_stage_writes_the_same_mosaic(mapped: tuple[Path, Any],
+                                                     synthetic_region: Any, bundle_uint16: str,
+                                                     tmp_path: Path, ray_local: Any) -> None:
+    """Ray Data write tasks after the predict actors (the GPU default) give the same bytes."""
+    out, _ = mapped
+    report = map_region(region_request(synthetic_region, tmp_path / "run", bundle_uint16,
+                                       chunk_size=320, executor="ray", write_stage="separate"))
+    assert report.ok
+    chunks = sorted(p.relative_to(out) for p in (out / "mosaic.zarr").rglob("c/*/*"))
+    assert chunks and chunks == sorted(
+        p.relative_to(tmp_path / "run") for p in (tmp_path / "run" / "mosaic.zarr").rglob("c/*/*"))
+    for chunk in chunks:
+        assert (out / chunk).read_bytes() == (tmp_path / "run" / chunk).read_bytes(), chunk
