@@ -126,33 +126,36 @@ def _read_json(uri: str, storage: Storage, what: str) -> dict[str, Any] | None:
     return data
 
 
+def _read_document(uri: str, storage: Storage, fmt: str, what: str) -> dict[str, Any] | None:
+    """A JSON document of format ``fmt`` (latest pointer, ledger), or None if absent."""
+    data = _read_json(uri, storage, what)
+    if data is not None and data.get("format") != fmt:
+        raise StorageError(f"{uri!r} has format {data.get('format')!r}; expected {fmt!r}; "
+                           "is 'out' another tool's folder?")
+    return data
+
+
+def _write_document(uri: str, storage: Storage, fmt: str, fields: dict[str, Any]) -> None:
+    """Write a JSON document of format ``fmt`` in one atomic write."""
+    data = {"format": fmt, "version": VERSION, **fields}
+    storage.write_bytes_atomic(uri, json.dumps(data, indent=1, sort_keys=True).encode())
+
+
 def read_latest(out: str, storage: Storage) -> dict[str, Any] | None:
     """The region's ``latest.json``, or None before its first complete run."""
-    data = _read_json(join(out, LATEST), storage, "latest pointer")
-    if data is not None and data.get("format") != LATEST_FORMAT:
-        raise StorageError(f"{join(out, LATEST)!r} has format {data.get('format')!r}; expected "
-                           f"{LATEST_FORMAT!r}; is 'out' another tool's folder?")
-    return data
+    return _read_document(join(out, LATEST), storage, LATEST_FORMAT, "latest pointer")
 
 
 def write_latest(out: str, storage: Storage, pointer: dict[str, Any]) -> None:
     """Move ``latest.json`` (one atomic write)."""
-    data = {"format": LATEST_FORMAT, "version": VERSION, **pointer}
-    storage.write_bytes_atomic(join(out, LATEST),
-                               json.dumps(data, indent=2, sort_keys=True).encode())
+    _write_document(join(out, LATEST), storage, LATEST_FORMAT, pointer)
 
 
 def read_ledger(run_uri: str, storage: Storage) -> dict[str, Any] | None:
     """The ledger of the run in ``run_uri``, or None if it has none."""
-    data = _read_json(join(run_uri, LEDGER), storage, "run ledger")
-    if data is not None and data.get("format") != LEDGER_FORMAT:
-        raise StorageError(f"{join(run_uri, LEDGER)!r} has format {data.get('format')!r}; "
-                           f"expected {LEDGER_FORMAT!r}")
-    return data
+    return _read_document(join(run_uri, LEDGER), storage, LEDGER_FORMAT, "run ledger")
 
 
 def write_ledger(run_uri: str, storage: Storage, ledger: dict[str, Any]) -> None:
     """Write the ledger of a run (atomically)."""
-    data = {"format": LEDGER_FORMAT, "version": VERSION, **ledger}
-    storage.write_bytes_atomic(join(run_uri, LEDGER),
-                               json.dumps(data, indent=1, sort_keys=True).encode())
+    _write_document(join(run_uri, LEDGER), storage, LEDGER_FORMAT, ledger)
