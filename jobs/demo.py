@@ -29,9 +29,10 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from depthseg.io.raster import open_raster, read_window  # noqa: E402
+from depthseg.io.catalog import describe_scene  # noqa: E402
 from depthseg.io.s3server import LocalS3Server  # noqa: E402
 from depthseg.io.storage import Storage, join  # noqa: E402
+from depthseg.io.warp import read_pixels  # noqa: E402
 from depthseg.synthetic import make_region, write_chip_pairs  # noqa: E402
 
 
@@ -42,9 +43,10 @@ def _step(message: str) -> float:
 
 def _verify_s3_copy(local_scene: Path, uri: str, storage: Storage) -> None:
     """Read a whole scene back through /vsis3/ and compare it with the local file."""
-    info = open_raster(uri, storage)
-    local, local_valid = read_window(str(local_scene), 0, 0, info.height, info.width)
-    remote, remote_valid = read_window(uri, 0, 0, info.height, info.width, storage)
+    info = describe_scene(uri, storage)
+    local, local_valid = read_pixels(describe_scene(str(local_scene), Storage()), Storage(), 0, 0,
+                                     info.height, info.width)
+    remote, remote_valid = read_pixels(info, storage, 0, 0, info.height, info.width)
     if not (np.array_equal(local, remote) and np.array_equal(local_valid, remote_valid)):
         raise SystemExit(f"demo failed: {uri} differs from {local_scene} after the S3 round trip")
 
@@ -122,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     real = REPO_ROOT.parent / "shared" / "data" / "real" / "worldview3_lasvegas_rgb_0.27m.tif"
     if real.is_file():
         _step("map: the real WorldView-3 sample (Las Vegas, 0.27 m, EPSG:26911)")
-        info = open_raster(str(real))
+        info = describe_scene(str(real), Storage())
         minx, miny, maxx, maxy = info.bounds
         _run(["jobs/map_region.py", "--bbox", *map(str, (minx, miny, maxx, maxy)),
-              "--bbox-crs", str(info.crs), "--imagery", str(real), "--model", str(bundle),
+              "--bbox-crs", info.crs, "--imagery", str(real), "--model", str(bundle),
               "--out", str(out / "map-real"), "--chunk", "512", "--tile", "252",
               "--overlap", "28"])
     else:
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def rasterio_bounds(path: Path) -> tuple[float, float, float, float]:
     """(minx, miny, maxx, maxy) of a raster in its own CRS."""
-    minx, miny, maxx, maxy = open_raster(str(path)).bounds
+    minx, miny, maxx, maxy = describe_scene(str(path), Storage()).bounds
     return minx, miny, maxx, maxy
 
 

@@ -34,7 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src = p.add_argument_group("sources (pairs, or scenes + label)")
     src.add_argument("--pairs", help="folder/prefix of chip pairs")
     src.add_argument("--scenes", nargs="+", default=[], help="scene files or folders of *.tif")
-    src.add_argument("--label", help="label raster (uint8, 255 = no data) defining the chip grid")
+    src.add_argument("--label", nargs="+", action="extend", default=[],
+                     help="label raster(s) or folder(s) of them (e.g. one per scene); integer "
+                          "class codes, the raster's no-data and 255 = no label; each raster's "
+                          "grid is cut into chips")
+    src.add_argument("--label-map", help="YAML file mapping raw label values to class names "
+                     "(others ignored), e.g. '1: building' per line; see docs/TRAINING.md")
     depth = p.add_argument_group("depth (one of)")
     depth.add_argument("--teacher", help="Depth Anything folder (Hugging Face format)")
     depth.add_argument("--height", help="DSM/nDSM raster in metres")
@@ -46,8 +51,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fractions", nargs=3, type=float, default=[0.7, 0.15, 0.15],
                    metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--classes", nargs="+", default=list(LIUZHOU_CLASSES),
-                   help="class names in label order (default: the 7 LiuZhou classes)")
+    p.add_argument("--classes", nargs="+", default=None,
+                   help="class names in label order (default: the --label-map's names, else "
+                        "the 7 LiuZhou classes: " + ", ".join(LIUZHOU_CLASSES) + ")")
+    p.add_argument("--gsd", type=float, default=None,
+                   help="ground sample distance in metres, for imagery without a CRS (PNG pairs)")
+    p.add_argument("--resampling", default="nearest",
+                   help="resampling of scenes off the label grid: nearest (default), bilinear, "
+                        "cubic, cubic_spline, lanczos, average; recorded in the model bundle, "
+                        "and map_region uses it by default")
     p.add_argument("--value-range", nargs=2, type=float, metavar=("MIN", "MAX"),
                    help="valid pixel range (default: the dtype's; GF-2 10-bit: 0 1023)")
     p.add_argument("--min-labelled", type=float, default=0.01,
@@ -64,11 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     opts = PrepareOptions(
-        out=args.out, pairs=args.pairs, scenes=tuple(args.scenes), label=args.label,
+        out=args.out, pairs=args.pairs, scenes=tuple(args.scenes), labels=tuple(args.label),
+        label_map=args.label_map, gsd=args.gsd, resampling=args.resampling,
         height=args.height, teacher=args.teacher, no_depth=args.no_depth,
         bands=tuple(args.bands) if args.bands else None, chip_size=args.chip_size,
         block=args.block, fractions=tuple(args.fractions), seed=args.seed,
-        classes=tuple(args.classes),
+        classes=tuple(args.classes) if args.classes else None,
         value_range=tuple(args.value_range) if args.value_range else None,
         min_labelled=args.min_labelled, teacher_batch=args.teacher_batch,
         teacher_actors=args.teacher_actors, gpu=args.gpu, threads=args.threads,

@@ -8,8 +8,9 @@ import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
-from depthseg.io.raster import read_window
+from depthseg.io.catalog import describe_scene
 from depthseg.io.storage import Storage
+from depthseg.io.warp import read_pixels
 
 
 def test_ray_tasks_read_windows_from_s3(tmp_path, ray_local, s3_storage, s3_prefix):
@@ -26,7 +27,7 @@ def test_ray_tasks_read_windows_from_s3(tmp_path, ray_local, s3_storage, s3_pref
 
     @ray.remote
     def window_digest(storage: Storage, uri: str, row: int) -> str:
-        pixels, valid = read_window(uri, row, 0, 32, 80, storage)
+        pixels, valid = read_pixels(describe_scene(uri, storage), storage, row, 0, 32, 80)
         assert valid.all()
         return hashlib.sha256(pixels.tobytes()).hexdigest()
 

@@ -10,8 +10,9 @@ import rasterio
 from rasterio.transform import from_origin
 
 from depthseg.errors import InputError, StorageError
-from depthseg.io.raster import open_raster, read_window
+from depthseg.io.catalog import describe_scene
 from depthseg.io.storage import S3Config, Storage, join, with_retries
+from depthseg.io.warp import read_pixels
 
 
 def _write_cog(path: Path) -> np.ndarray:
@@ -39,14 +40,14 @@ def test_scene_round_trips_through_s3fs_and_vsis3(tmp_path, s3_storage, s3_prefi
     assert fs.info(path)["size"] == local.stat().st_size
 
     # GDAL /vsis3/, over HTTP: identical pixels and georeferencing.
-    info = open_raster(uri, s3_storage)
-    assert info.crs.to_epsg() == 32649
-    assert info.transform == from_origin(350000.0, 2700000.0, 0.8, 0.8)
+    info = describe_scene(uri, s3_storage)
+    assert info.crs == "EPSG:32649"
+    assert info.transform == tuple(from_origin(350000.0, 2700000.0, 0.8, 0.8))[:6]
     assert (info.height, info.width, info.count, info.dtype) == (300, 260, 4, "uint16")
     with s3_storage.gdal_env(), rasterio.open(s3_storage.gdal_path(uri)) as src:
         np.testing.assert_array_equal(src.read(), data)
 
-    pixels, valid = read_window(uri, 100, 50, 64, 64, s3_storage)
+    pixels, valid = read_pixels(info, s3_storage, 100, 50, 64, 64)
     np.testing.assert_array_equal(pixels, data[:, 100:164, 50:114])
     assert valid.all()
 
@@ -54,7 +55,8 @@ def test_scene_round_trips_through_s3fs_and_vsis3(tmp_path, s3_storage, s3_prefi
 def test_window_past_the_edge_is_invalid_there(tmp_path):
     local = tmp_path / "scene.tif"
     data = _write_cog(local)
-    pixels, valid = read_window(str(local), -10, 250, 40, 20)
+    pixels, valid = read_pixels(describe_scene(str(local), Storage()), Storage(), -10, 250, 40,
+                                20)
     assert pixels.shape == (4, 40, 20)
     assert not valid[:10].any() and not valid[:, 10:].any()
     assert valid[10:, :10].all()
@@ -62,13 +64,13 @@ def test_window_past_the_edge_is_invalid_there(tmp_path):
 
 
 def test_real_worldview3_sample_opens_with_crs_and_transform(real_data):
-    info = open_raster(str(real_data / "worldview3_lasvegas_rgb_0.27m.tif"))
-    assert info.crs.to_epsg() == 26911
+    info = describe_scene(str(real_data / "worldview3_lasvegas_rgb_0.27m.tif"), Storage())
+    assert info.crs == "EPSG:26911"
     assert info.count == 3 and info.dtype == "uint8"
-    res_y, res_x = info.resolution
-    assert res_x == pytest.approx(0.27, abs=0.01) and res_y == pytest.approx(0.27, abs=0.01)
+    assert info.resolution == pytest.approx(0.27, abs=0.01)
+    assert info.gsd() == pytest.approx(0.27, abs=0.01)
     with rasterio.open(real_data / "worldview3_lasvegas_rgb_0.27m.tif") as src:
-        assert info.transform == src.transform
+        assert info.transform == tuple(src.transform)[:6]
         assert (info.height, info.width) == (src.height, src.width)
 
 
@@ -76,7 +78,7 @@ def test_missing_key_is_a_clear_error(s3_storage, s3_prefix):
     with pytest.raises(StorageError, match="does not exist"):
         s3_storage.read_bytes(f"{s3_prefix}/nope.bin")
     with pytest.raises(StorageError, match="cannot open raster"):
-        open_raster(f"{s3_prefix}/nope.tif", s3_storage)
+        describe_scene(f"{s3_prefix}/nope.tif", s3_storage)
 
 
 def test_unknown_scheme_and_bad_endpoint_are_refused():

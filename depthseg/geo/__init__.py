@@ -17,6 +17,7 @@ if TYPE_CHECKING:
         PixelWindow,
         auto_crs,
         parse_crs,
+        pixel_phase,
         plan_grid,
         reproject_geometry,
     )
@@ -45,6 +46,7 @@ _WHERE = {
     "PixelWindow": "grid",
     "auto_crs": "grid",
     "parse_crs": "grid",
+    "pixel_phase": "grid",
     "plan_grid": "grid",
     "reproject_geometry": "grid",
     "DEFAULT_OVERLAP": "tiles",
@@ -80,6 +82,7 @@ __all__ = [
     "chunk_read_window",
     "crop_halo",
     "parse_crs",
+    "pixel_phase",
     "plan_grid",
     "round_to_patch",
     "tile_windows",

@@ -1,9 +1,13 @@
 """The output grid of a mapping run and its chunks: pure maths, no I/O.
 
-Every run shares one *global* pixel grid per (CRS, resolution): its origin is the CRS origin
-(x=0, y=0), pixels are ``resolution`` metres square, north up, so global pixel (row, col) has
-its top-left corner at ``x = col * resolution``, ``y = -row * resolution`` (rows grow
-southwards, so rows north of the CRS origin are negative). Chunks are ``chunk_size`` x
+Every run shares one *global* pixel grid per (CRS, resolution, phase): its origin is the CRS
+origin shifted by the *phase* ``(phase_x, phase_y)`` (each in ``[0, resolution)``), pixels are
+``resolution`` metres square, north up, so global pixel (row, col) has its top-left corner at
+``x = phase_x + col * resolution``, ``y = phase_y - row * resolution`` (rows grow southwards,
+so rows north of the origin are negative). The phase is 0 unless the imagery has its own:
+imagery in the output CRS and resolution gives the grid its pixel phase, so output pixel edges
+are the image's pixel edges and no pixel is resampled (a 30 m Landsat scene is not shifted by
+half a pixel onto a grid through x=0). Chunks are ``chunk_size`` x
 ``chunk_size`` blocks of that global grid, and ``ChunkId(row, col)`` holds *global* chunk
 indices. A run's :class:`OutputGrid` is a rectangle of whole chunks, so two runs over
 overlapping or neighbouring regions give the same chunk the same id and the same pixels: their
@@ -158,6 +162,9 @@ class OutputGrid:
         col_off: Global pixel column of the grid's left edge (a multiple of ``chunk_size``).
         height: Rows of the grid (a positive multiple of ``chunk_size``).
         width: Columns of the grid (a positive multiple of ``chunk_size``).
+        chunk_size: Chunk side in pixels.
+        phase_x: x of the global grid's origin, in ``[0, resolution)`` metres.
+        phase_y: y of the global grid's origin, in ``[0, resolution)`` metres.
     """
 
     crs: str
@@ -167,10 +174,17 @@ class OutputGrid:
     height: int
     width: int
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    phase_x: float = 0.0
+    phase_y: float = 0.0
 
     def __post_init__(self) -> None:
         _projected_metre_crs(self.crs)
         _check_sizes(self.resolution, self.chunk_size)
+        for name in ("phase_x", "phase_y"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value < self.resolution):
+                raise InputError(f"grid {name} {value} is outside [0, resolution "
+                                 f"{self.resolution}); build grids with plan_grid()")
         for name in ("row_off", "col_off", "height", "width"):
             if getattr(self, name) % self.chunk_size:
                 raise InputError(f"grid {name} {getattr(self, name)} is not a multiple of "
@@ -210,30 +224,35 @@ class OutputGrid:
         return GeoBox(self.shape, self.transform, self.crs)
 
     @classmethod
-    def from_geobox(cls, geobox: GeoBox, chunk_size: int = DEFAULT_CHUNK_SIZE) -> OutputGrid:
+    def from_geobox(cls, geobox: GeoBox, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                    phase: tuple[float, float] = (0.0, 0.0)) -> OutputGrid:
         """Inverse of :meth:`geobox`; the GeoBox must sit on whole chunks of the global grid."""
         a, res = geobox.affine, geobox.affine.a
-        col_off, row_off = (round(a.c / res), round(-a.f / res)) if res > 0 else (0, 0)
+        phase_x, phase_y = phase
+        col_off, row_off = ((round((a.c - phase_x) / res), round((phase_y - a.f) / res))
+                            if res > 0 else (0, 0))
         # Alignment is checked to a millionth of a pixel: anything looser would silently shift
         # the mosaic against neighbouring runs.
         aligned = (res > 0 and a.b == 0 and a.d == 0 and math.isclose(a.e, -res)
-                   and abs(a.c - col_off * res) <= 1e-6 * res
-                   and abs(-a.f - row_off * res) <= 1e-6 * res)
+                   and abs(a.c - phase_x - col_off * res) <= 1e-6 * res
+                   and abs(phase_y - a.f - row_off * res) <= 1e-6 * res)
         if not aligned:
             raise InputError(
                 f"geobox transform {tuple(a)[:6]} is not north-up on the global grid "
-                "(origin at x=0, y=0, square pixels); build it with OutputGrid.geobox()"
+                f"(origin at x={phase_x}, y={phase_y}, square pixels); build it with "
+                "OutputGrid.geobox()"
             )
         height, width = geobox.shape.yx
-        return cls(str(geobox.crs), res, row_off, col_off, height, width, chunk_size)
+        return cls(str(geobox.crs), res, row_off, col_off, height, width, chunk_size,
+                   phase_x, phase_y)
 
     # Windows are relative to this grid's top-left and may reach outside it (halos).
     def window_transform(self, window: PixelWindow) -> Affine:
         """Affine of a window's top-left corner; the window may reach outside the grid (halo)."""
         res = self.resolution
         # From integer global pixel indices, so every run computes bit-identical coordinates.
-        x_left = _coord((self.col_off + window.col_off) * res)
-        y_top = _coord(-(self.row_off + window.row_off) * res)
+        x_left = _coord(self.phase_x + (self.col_off + window.col_off) * res)
+        y_top = _coord(self.phase_y - (self.row_off + window.row_off) * res)
         return Affine(res, 0.0, x_left, 0.0, -res, y_top)
 
     def window_bounds(self, window: PixelWindow) -> Bounds:
@@ -241,8 +260,9 @@ class OutputGrid:
         res = self.resolution
         row_top, col_left = self.row_off + window.row_off, self.col_off + window.col_off
         row_bottom, col_right = row_top + window.height, col_left + window.width
-        return (_coord(col_left * res), _coord(-row_bottom * res),
-                _coord(col_right * res), _coord(-row_top * res))
+        px, py = self.phase_x, self.phase_y
+        return (_coord(px + col_left * res), _coord(py - row_bottom * res),
+                _coord(px + col_right * res), _coord(py - row_top * res))
 
     def window_geobox(self, window: PixelWindow) -> GeoBox:
         """A window (e.g. chunk + halo) as an odc-geo GeoBox, for reprojecting imagery onto it."""
@@ -295,16 +315,17 @@ class OutputGrid:
             if shape.is_empty:
                 continue
             minx, miny, maxx, maxy = shape.bounds
-            rows = range(max(math.floor(-maxy / span), self.chunk_rows.start),
-                         min(math.floor(-miny / span) + 1, self.chunk_rows.stop))
-            cols = range(max(math.floor(minx / span), self.chunk_cols.start),
-                         min(math.floor(maxx / span) + 1, self.chunk_cols.stop))
+            px, py = self.phase_x, self.phase_y
+            rows = range(max(math.floor((py - maxy) / span), self.chunk_rows.start),
+                         min(math.floor((py - miny) / span) + 1, self.chunk_rows.stop))
+            cols = range(max(math.floor((minx - px) / span), self.chunk_cols.start),
+                         min(math.floor((maxx - px) / span) + 1, self.chunk_cols.stop))
             if not rows or not cols:
                 continue
             row_idx, col_idx = np.meshgrid(np.array(rows), np.array(cols), indexing="ij")
             row_idx, col_idx = row_idx.ravel(), col_idx.ravel()
-            boxes = shapely.box(col_idx * span, -(row_idx + 1) * span,
-                                (col_idx + 1) * span, -row_idx * span)
+            boxes = shapely.box(px + col_idx * span, py - (row_idx + 1) * span,
+                                px + (col_idx + 1) * span, py - row_idx * span)
             hits = shapely.relate_pattern(shape, boxes, "T********")  # interiors intersect
             found.update(map(ChunkId, row_idx[hits].tolist(), col_idx[hits].tolist()))
         return sorted(found)
@@ -354,12 +375,13 @@ def plan_grid(
     crs: str = "auto",
     resolution: float = 0.8,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    phase: tuple[float, float] = (0.0, 0.0),
 ) -> OutputGrid:
     """The smallest rectangle of whole global chunks that contains the bbox.
 
     The bbox is reprojected with densified edges (21 points per edge) so curved edges in the
     output CRS are contained, then snapped outward to multiples of ``chunk_size * resolution``
-    from the CRS origin.
+    from the global grid's origin (the CRS origin shifted by ``phase``).
 
     Args:
         bbox: (minx, miny, maxx, maxy) in ``bbox_crs`` (lon/lat order for EPSG:4326).
@@ -367,6 +389,8 @@ def plan_grid(
         crs: Output CRS (projected, metres), or ``"auto"`` for the UTM zone of the bbox centre.
         resolution: Output pixel size in metres.
         chunk_size: Chunk side in pixels.
+        phase: (x, y) of the global grid's origin, each in ``[0, resolution)``: the imagery's
+            pixel phase (see :func:`pixel_phase`), so output pixels are the image's pixels.
 
     Raises:
         InputError: Bad bbox, CRS, resolution or chunk size; the message says the fix.
@@ -386,11 +410,12 @@ def plan_grid(
                          "its area of use); choose a CRS that covers the region, or 'auto'")
 
     span = chunk_size * resolution
+    phase_x, phase_y = (_coord(p) for p in phase)
     # Global rows grow southwards: the top (max y) edge gives the first chunk row.
-    first_row = math.floor(-maxy / span + _SNAP_EPS)
-    stop_row = math.ceil(-miny / span - _SNAP_EPS)
-    first_col = math.floor(minx / span + _SNAP_EPS)
-    stop_col = math.ceil(maxx / span - _SNAP_EPS)
+    first_row = math.floor((phase_y - maxy) / span + _SNAP_EPS)
+    stop_row = math.ceil((phase_y - miny) / span - _SNAP_EPS)
+    first_col = math.floor((minx - phase_x) / span + _SNAP_EPS)
+    stop_col = math.ceil((maxx - phase_x) / span - _SNAP_EPS)
     return OutputGrid(
         crs=target_crs.to_string(),
         resolution=float(resolution),
@@ -399,4 +424,23 @@ def plan_grid(
         height=max(stop_row - first_row, 1) * chunk_size,
         width=max(stop_col - first_col, 1) * chunk_size,
         chunk_size=chunk_size,
+        phase_x=phase_x,
+        phase_y=phase_y,
     )
+
+
+def pixel_phase(transform: Sequence[float], resolution: float) -> tuple[float, float]:
+    """The pixel phase of a north-up raster on a grid of ``resolution``: (x, y) in [0, res).
+
+    ``transform`` is an affine's first six numbers (a, b, c, d, e, f). A phase within a
+    millionth of a pixel of 0 (or of a whole pixel) is 0, so float noise in a header does not
+    shift a grid that is really on the CRS origin.
+    """
+    def fold(value: float) -> float:
+        phase = math.fmod(value, resolution)
+        phase = phase + resolution if phase < 0 else phase
+        if min(phase, resolution - phase) <= 1e-6 * resolution:
+            return 0.0
+        return _coord(phase)
+
+    return fold(float(transform[2])), fold(float(transform[5]))

@@ -60,6 +60,11 @@ class ChipSchema:
         class_names: Class names in label order.
         palette: One (r, g, b) per class.
         depth_source: ``teacher``, ``height`` or ``none``.
+        band_descriptions: The source imagery's descriptions of the stored bands (``""``
+            where it had none): what mapping compares the imagery's descriptions with.
+        source_bands: Band count of the source imagery.
+        gsd: Ground sample distance of the chips in metres (None when unknown).
+        resampling: How source scenes off the label grid were resampled.
     """
 
     num_chips: int
@@ -71,6 +76,10 @@ class ChipSchema:
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...] = field(default=())
     depth_source: str = "teacher"
+    band_descriptions: tuple[str, ...] = ()
+    source_bands: int = 0
+    gsd: float | None = None
+    resampling: str = "nearest"
 
     def __post_init__(self) -> None:
         if self.num_chips < 1:
@@ -119,6 +128,10 @@ class ChipStore:
             class_names=tuple(attrs["class_names"]),
             palette=tuple((int(c[0]), int(c[1]), int(c[2])) for c in attrs.get("palette", [])),
             depth_source=str(attrs.get("depth_source", "teacher")),
+            band_descriptions=tuple(str(d) for d in attrs.get("band_descriptions", ())),
+            source_bands=int(attrs.get("source_bands", 0)),
+            gsd=None if attrs.get("gsd") is None else float(attrs["gsd"]),
+            resampling=str(attrs.get("resampling", "nearest")),
         )
 
     @classmethod
@@ -240,7 +253,15 @@ class ChipStore:
         total_sq = np.asarray(self.array("band_sumsq")[:])[use].sum(axis=0)
         mean = total / count
         std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-        stats = {"mean": [float(m) for m in mean], "std": [max(float(s), 1e-6) for s in std]}
+        flat = [k for k, s in enumerate(std) if not s > 1e-3]
+        if flat:
+            names = [self.schema.band_names[k] for k in flat]
+            raise InputError(
+                f"chip store {self.uri!r} has degenerate band statistics: band(s) {names} are "
+                f"constant ({[round(float(mean[k]), 3) for k in flat]}) over {int(count)} valid "
+                "pixels, so the chips hold no image (e.g. all black); check that the scenes "
+                "cover the labels and declare their no-data, then prepare a new store")
+        stats = {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
         self.group.attrs["stats"] = stats
         return stats
 

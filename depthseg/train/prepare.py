@@ -17,21 +17,32 @@ with the same inputs continues with the chips not done.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from depthseg.errors import InputError
+from depthseg.io.catalog import Catalog, Scene, open_catalog
 from depthseg.io.chips import ChipSchema, ChipStore
-from depthseg.io.storage import Storage, join, scheme_of
+from depthseg.io.storage import Storage, join
+from depthseg.io.warp import check_resampling
 from depthseg.model.depthnorm import depth_from_height
 from depthseg.train import sources
-from depthseg.train.sources import ChipPixels, ChipRef, PairReader, SceneReader
+from depthseg.train.sources import (
+    ChipPixels,
+    ChipRef,
+    LabelCoding,
+    PairReader,
+    SceneReader,
+    loveda_coding,
+)
 
 #: LiuZhou classes (paper) and display colours: the default class list.
 LIUZHOU_CLASSES = ("cropland", "forest", "building", "road", "impervious surface", "bare land",
@@ -43,13 +54,14 @@ PLAN_FILE = "plan.json"
 
 @dataclass(frozen=True)
 class PrepareOptions:
-    """What to prepare (one of ``pairs`` or ``scenes`` + ``label``).
+    """What to prepare (one of ``pairs`` or ``scenes`` + ``labels``).
 
     Attributes:
         out: Chip store URI (local folder or ``s3://`` prefix).
         pairs: Folder/prefix of chip pairs (see :mod:`depthseg.train.sources`).
-        scenes: Scene files or folders/prefixes of ``*.tif`` (with ``label``).
-        label: Label raster whose grid the chips are cut from (with ``scenes``).
+        scenes: Scene files or folders/prefixes of ``*.tif`` (with ``labels``).
+        labels: Label rasters (files or folders/prefixes of ``*.tif``, e.g. one per scene)
+            whose grids the chips are cut from (with ``scenes``).
         height: DSM/nDSM raster (metres) for depth, instead of a teacher.
         teacher: Depth Anything model folder (Hugging Face format) for depth.
         no_depth: Store no depth (for models without the depth prompter).
@@ -58,10 +70,16 @@ class PrepareOptions:
         block: Side of a split block in chips (scenes only).
         fractions: train/val/test fractions.
         seed: Seed of the split shuffle.
-        classes: Class names in label order.
-        palette: One (r, g, b) per class; default: the LiuZhou palette or grey levels.
+        classes: Class names in label order; default: the label map's, else the 7 LiuZhou
+            classes.
+        palette: One (r, g, b) per class; default: the label map's colours, the LiuZhou
+            palette or distinct colours.
+        label_map: YAML file mapping raw label values to class names (others are ignored).
         value_range: (min, max) valid pixel values; default: the dtype's range.
         min_labelled: Smallest labelled fraction of a scene chip to keep it.
+        gsd: Ground sample distance of the imagery in metres, for sources without a CRS.
+        resampling: How scenes off the label grid are resampled (recorded in the store and
+            the model bundle; mapping uses it by default).
         teacher_batch: Chips per teacher call.
         teacher_actors: Size of the teacher actor pool.
         gpu: Give each teacher actor one GPU.
@@ -71,7 +89,7 @@ class PrepareOptions:
     out: str
     pairs: str | None = None
     scenes: tuple[str, ...] = ()
-    label: str | None = None
+    labels: tuple[str, ...] = ()
     height: str | None = None
     teacher: str | None = None
     no_depth: bool = False
@@ -80,10 +98,13 @@ class PrepareOptions:
     block: int = 4
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     seed: int = 0
-    classes: tuple[str, ...] = LIUZHOU_CLASSES
+    classes: tuple[str, ...] | None = None
     palette: tuple[tuple[int, int, int], ...] | None = None
+    label_map: str | None = None
     value_range: tuple[float, float] | None = None
     min_labelled: float = 0.01
+    gsd: float | None = None
+    resampling: str = "nearest"
     teacher_batch: int = 8
     teacher_actors: int = 1
     gpu: bool = False
@@ -94,9 +115,12 @@ class PrepareOptions:
         if (self.pairs is None) == (not self.scenes):
             raise InputError("give either --pairs FOLDER or --scenes ... --label RASTER (not both, "
                              "not neither)")
-        if self.scenes and self.label is None:
-            raise InputError("--scenes needs --label RASTER: the land-cover raster whose grid the "
-                             "chips are cut from")
+        if self.scenes and not self.labels:
+            raise InputError("--scenes needs --label RASTER (or a folder of them): the "
+                             "land-cover rasters whose grids the chips are cut from")
+        if self.pairs is not None and self.labels:
+            raise InputError("--label works with --scenes only; chip pairs carry their labels "
+                             "(<id>_label.tif)")
         depth_sources = sum([self.teacher is not None, self.height is not None, self.no_depth])
         if depth_sources == 0:
             raise InputError("no depth source: give --teacher URI (a Depth Anything folder) or "
@@ -109,6 +133,12 @@ class PrepareOptions:
                              "to read heights on; use --teacher")
         if self.chip_size < 16:
             raise InputError(f"--chip-size {self.chip_size} is too small; expected >= 16 px")
+        if self.gsd is not None and not self.gsd > 0:
+            raise InputError(f"--gsd {self.gsd} must be a positive number of metres, e.g. 0.8")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise InputError(f"--classes {list(self.classes)} repeats a name; give each class "
+                             "once, in label order")
+        check_resampling(self.resampling)
 
     @property
     def depth_source(self) -> str:
@@ -116,6 +146,81 @@ class PrepareOptions:
         if self.teacher is not None:
             return "teacher"
         return "height" if self.height is not None else "none"
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """A user's label remap file, read: classes, their colours, raw value -> class id."""
+
+    classes: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...] | None
+    table: tuple[tuple[int, int], ...]
+
+
+def _colour(value: Any, where: str) -> tuple[int, int, int]:
+    if isinstance(value, str) and re.fullmatch(r"#?[0-9A-Fa-f]{6}", value):
+        text = value.lstrip("#")
+        return int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16)
+    if isinstance(value, (list, tuple)) and len(value) == 3 and all(
+            isinstance(v, int) and 0 <= v <= 255 for v in value):
+        return int(value[0]), int(value[1]), int(value[2])
+    raise InputError(f"{where}: colour {value!r} is not '#RRGGBB' or [r, g, b] (0-255)")
+
+
+def load_label_map(uri: str, storage: Storage, classes: tuple[str, ...] | None) -> LabelMap:
+    """Read a ``--label-map`` YAML file (see docs/TRAINING.md).
+
+    The file maps raw label values to class names; several values may share a class, values
+    not listed are ignored (255). An optional ``colors`` mapping gives ``'#RRGGBB'`` per class.
+    Class ids follow ``classes`` when given, else the order in which names first appear.
+    """
+    try:
+        document = yaml.safe_load(storage.read_bytes(uri))
+    except yaml.YAMLError as err:
+        raise InputError(f"--label-map {uri!r} is not YAML ({str(err).splitlines()[0]})") from err
+    if not isinstance(document, dict):
+        raise InputError(f"--label-map {uri!r} must map raw label values to class names, e.g. "
+                         "'1: building'")
+    colours = document.pop("colors", None) or {}
+    values: list[tuple[int, str]] = []
+    for raw, name in document.items():
+        if not isinstance(raw, int) or isinstance(raw, bool):
+            raise InputError(f"--label-map {uri!r}: key {raw!r} is not an integer label value; "
+                             "write e.g. '1: building'")
+        if name is None:
+            continue  # an explicit 'ignore'
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"--label-map {uri!r}: value {raw} maps to {name!r}; give a class "
+                             "name (text), or null to ignore it")
+        values.append((raw, name.strip()))
+    if not values:
+        raise InputError(f"--label-map {uri!r} maps no value to a class")
+    names = tuple(dict.fromkeys(n for _, n in values))
+    if classes is not None:
+        unknown = [n for n in names if n not in classes]
+        if unknown:
+            raise InputError(f"--label-map {uri!r} names classes {unknown} that are not in "
+                             f"--classes {list(classes)}; add them or fix the map")
+        names = tuple(classes)
+    if not isinstance(colours, dict) or any(k not in names for k in colours):
+        raise InputError(f"--label-map {uri!r}: 'colors' must map class names {list(names)} "
+                         "to '#RRGGBB'")
+    palette = None
+    if colours:
+        missing = [n for n in names if n not in colours]
+        if missing:
+            raise InputError(f"--label-map {uri!r}: 'colors' has no colour for {missing}")
+        palette = tuple(_colour(colours[n], f"--label-map {uri!r}") for n in names)
+    return LabelMap(names, palette, tuple((raw, names.index(n)) for raw, n in values))
+
+
+def default_palette(n: int) -> tuple[tuple[int, int, int], ...]:
+    """``n`` distinct colours (matplotlib's tab20), for classes without a palette."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    return tuple(tuple(int(round(255 * v)) for v in cmap(k % 20)[:3])  # type: ignore[misc]
+                 for k in range(n))
 
 
 @dataclass(frozen=True)
@@ -131,57 +236,67 @@ class PrepareReport:
     seconds: float
 
 
-def expand_scenes(scenes: tuple[str, ...], storage: Storage) -> list[str]:
-    """Scene files: files as given, folders/prefixes expanded to their ``*.tif``, sorted."""
-    out: list[str] = []
-    for uri in scenes:
-        fs, path = storage.fs(uri)
-        if fs.isdir(path):
-            found = sorted(f for f in fs.find(path) if f.lower().endswith((".tif", ".tiff")))
-            if not found:
-                raise InputError(f"no .tif scenes under {uri!r}; give scene files or a folder "
-                                 "of GeoTIFFs")
-            out += [f"s3://{f}" if scheme_of(uri) == "s3" else f for f in found]
-        elif fs.exists(path):
-            out.append(uri)
-        else:
-            raise InputError(f"scene {uri!r} does not exist; check the path")
-    return out
-
-
 def plan(opts: PrepareOptions, storage: Storage) -> tuple[list[ChipRef], Any, ChipSchema]:
     """Chip refs, their reader and the store schema for ``opts``."""
     opts.check()
-    n_classes = len(opts.classes)
+    label_map = (load_label_map(opts.label_map, storage, opts.classes) if opts.label_map
+                 else None)
+    classes = label_map.classes if label_map else (opts.classes or LIUZHOU_CLASSES)
+    n_classes = len(classes)
     if opts.pairs is not None:
         refs, layout, header = sources.plan_pairs(opts.pairs, opts.chip_size, opts.fractions,
                                                   opts.seed, storage)
-        if layout == "loveda" and header["count"] == 3 and not any(header["names"]):
-            header = {**header, "names": ("red", "green", "blue")}  # LoveDA PNGs are RGB
-        info = sources.source_info(header, opts.bands, opts.pairs)
-        reader: Any = PairReader(info.band_indices, opts.chip_size, n_classes, layout, storage)
+        if layout == "loveda" and header.count == 3 and not any(header.band_names):
+            header = replace(header, band_names=("red", "green", "blue"))  # LoveDA PNGs are RGB
+        coding = (LabelCoding(n_classes, label_map.table, strict=False) if label_map
+                  else loveda_coding(n_classes) if layout == "loveda"
+                  else LabelCoding(n_classes))
+        info = sources.source_info(header, opts.bands, opts.pairs, opts.gsd)
+        reader: Any = PairReader(info.band_indices, opts.chip_size, coding, storage)
     else:
-        assert opts.label is not None
-        scenes, header = sources.newest_first(expand_scenes(opts.scenes, storage), storage)
-        info = sources.source_info(header, opts.bands, scenes[0])
-        refs, grid = sources.plan_scenes(opts.label, opts.chip_size, opts.block, opts.fractions,
-                                         opts.seed, storage, opts.min_labelled)
-        reader = SceneReader(tuple(scenes), opts.height, grid, info.band_indices, info.dtype,
-                             opts.chip_size, n_classes, storage)
+        imagery = open_catalog(list(opts.scenes), storage, resampling=opts.resampling)
+        info = sources.source_info(_first_of(imagery), opts.bands, imagery.source, opts.gsd)
+        labels = sources.label_rasters(opts.labels, storage)
+        coding = (LabelCoding(n_classes, label_map.table, strict=False) if label_map
+                  else LabelCoding(n_classes))
+        refs = sources.plan_scenes(labels, opts.chip_size, opts.block, opts.fractions, opts.seed,
+                                   storage, coding, opts.min_labelled)
+        label_gsd = next((g for g in (s.gsd() for s in labels) if g), None)
+        info = replace(info, gsd=opts.gsd or label_gsd)
+        heights = (open_catalog([opts.height], storage, resampling="bilinear")
+                   if opts.height else None)
+        reader = SceneReader(imagery, Catalog(labels, " ".join(opts.labels), storage),
+                             heights, {s.uri: sources.Grid.of(s) for s in labels},
+                             info.band_indices, opts.chip_size, coding)
     if not refs:
-        raise InputError("the sources hold no chip with labelled pixels; check --label and "
-                         "--min-labelled")
-    palette = opts.palette or (
-        LIUZHOU_PALETTE if opts.classes == LIUZHOU_CLASSES
-        else tuple((v, v, v) for v in np.linspace(0, 255, n_classes).astype(int).tolist()))
+        raise InputError("the sources hold no chip with labelled pixels; check --label, its "
+                         "no-data value, --label-map and --min-labelled")
+    palette = opts.palette or (label_map.palette if label_map and label_map.palette else None) \
+        or (LIUZHOU_PALETTE if classes == LIUZHOU_CLASSES else default_palette(n_classes))
+    if len(palette) != n_classes:
+        raise InputError(f"{len(palette)} palette colours for {n_classes} classes {list(classes)};"
+                         " give one colour per class")
     default_range = (0.0, 255.0) if info.dtype == "uint8" else (0.0, 65535.0)
     schema = ChipSchema(
         num_chips=len(refs), chip_size=opts.chip_size, band_names=info.band_names,
         band_indices=info.band_indices, input_dtype=info.dtype,
         value_range=tuple(opts.value_range or default_range),  # type: ignore[arg-type]
-        class_names=tuple(opts.classes), palette=tuple(palette), depth_source=opts.depth_source,
+        class_names=tuple(classes), palette=tuple(palette), depth_source=opts.depth_source,
+        band_descriptions=info.band_descriptions, source_bands=info.source_bands,
+        gsd=None if info.gsd is None else round(info.gsd, 6), resampling=opts.resampling,
     )
     return refs, reader, schema
+
+
+def _first_of(catalog: Catalog) -> Scene:
+    """The catalog's band layout, as one scene (checks that the scenes share it)."""
+    first = catalog.scenes[0]
+    for scene in catalog.scenes:
+        if (scene.count, scene.dtype) != (first.count, first.dtype):
+            raise InputError(f"scene {scene.uri!r} has {scene.count} {scene.dtype} bands but "
+                             f"{first.uri!r} has {first.count} {first.dtype}; use scenes of one "
+                             "sensor")
+    return replace(first, band_names=catalog.band_names)
 
 
 def prepare_chips(opts: PrepareOptions, storage: Storage | None = None,

@@ -1,7 +1,9 @@
-"""Where training chips come from: chip-pair folders, or scenes cut on a label raster's grid.
+"""Where training chips come from: chip-pair folders, or scenes cut on label rasters' grids.
 
 Two sources, one output: a list of :class:`ChipRef` (what to cut, which split) and a reader
-that turns one ref into pixels (:class:`ChipPixels`).
+that turns one ref into pixels (:class:`ChipPixels`). Every pixel is read through
+:mod:`depthseg.io.catalog` / :mod:`depthseg.io.warp`, the path mapping reads through, so a
+chip and a mapped tile of the same place hold the same pixels.
 
 **Chip pairs** (:func:`plan_pairs`), found recursively under a folder or ``s3://`` prefix:
 
@@ -14,34 +16,34 @@ are dropped). A pair whose path has a folder named ``train``, ``val`` or ``test`
 as LoveDA's ``Train/``, ``Val/``) keeps that split; the others are assigned by a seeded
 shuffle of the files (all chips of one file share its split).
 
-**Scenes + label raster** (:func:`plan_scenes`): the label raster's grid is cut into
-``chip_size`` chips (whole chips only, never overlapping); blocks of ``k x k`` chips are
-shuffled with a seed and dealt to train/val/test by the split fractions, so the splits are
-spatially disjoint. Scenes may overlap: each chip is a first-valid composite of the scenes,
-newest first (by their ``datetime`` tag when every scene has one, else in the given order).
-A scene or height raster on another grid is warped onto the label grid (``WarpedVRT``).
+**Scenes + label rasters** (:func:`plan_scenes`): each label raster's grid is cut into
+``chip_size`` chips (whole chips only, never overlapping); blocks of ``k x k`` chips of every
+label raster are pooled, shuffled with a seed and dealt to train/val/test by the split
+fractions, so the splits are spatially disjoint. Scenes may overlap: each chip is a
+first-valid composite of the scenes, newest first (by their ``datetime`` tag when every scene
+has one, else in the given order), read onto the label grid. Pixels outside every scene are
+invalid (label 255), whatever the scene order and whether or not a scene declares no-data.
+
+Labels: a label raster's own no-data value is no label (255); a :class:`LabelCoding` maps raw
+values to class ids (identity by default, LoveDA's ``value - 1``, or a user's remap file).
 """
 
 from __future__ import annotations
 
 import posixpath
 import re
-import warnings
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
-import rasterio
 from affine import Affine
-from rasterio.crs import CRS
-from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
-from rasterio.windows import Window
 
-from depthseg.errors import InputError, StorageError
+from depthseg.errors import InputError
+from depthseg.io.catalog import Catalog, Scene, describe_scene, describe_scenes
 from depthseg.io.storage import Storage, scheme_of
+from depthseg.io.warp import read_pixels
 
 SPLIT_NAMES = ("train", "val", "test")
+IGNORE = 255
 _PAIR_IMAGE = re.compile(r"^(?P<id>.+)_img\.tiff?$", re.IGNORECASE)
 
 
@@ -53,7 +55,7 @@ class ChipRef:
         index: Position in the chip store.
         split: 0 train, 1 val, 2 test.
         image: Image file (pairs) or ``""`` (scenes: the reader holds them).
-        label: Label file (pairs) or the label raster.
+        label: Label file (pairs) or the label raster whose grid the chip is on (scenes).
         row: First row of the chip in ``label``'s pixel grid.
         col: First column.
     """
@@ -78,11 +80,71 @@ class ChipPixels:
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """Facts about the source imagery that go into the chip store."""
+    """Facts about the source imagery that go into the chip store and the model bundle.
+
+    Attributes:
+        band_names: Name of each chosen band (its description, else ``band<i>``).
+        band_indices: 1-based bands of the source imagery, in model channel order.
+        dtype: Pixel dtype.
+        band_descriptions: The source's descriptions of the chosen bands (``""`` where none).
+        source_bands: Band count of the source imagery.
+        gsd: Ground sample distance in metres, or None when the source has no CRS.
+    """
 
     band_names: tuple[str, ...]
     band_indices: tuple[int, ...]
     dtype: str
+    band_descriptions: tuple[str, ...] = ()
+    source_bands: int = 0
+    gsd: float | None = None
+
+
+@dataclass(frozen=True)
+class LabelCoding:
+    """How raw label values become class ids (255 = ignore).
+
+    Attributes:
+        num_classes: Number of classes.
+        table: ``(raw value, class id)`` pairs, or ``()`` for the identity (raw values are
+            class ids, 255 = ignore).
+        strict: Refuse raw values the table does not list (LoveDA); otherwise they are
+            ignored (a user's remap file lists only the values it wants).
+    """
+
+    num_classes: int
+    table: tuple[tuple[int, int], ...] = ()
+    strict: bool = True
+
+    def apply(self, raw: np.ndarray, valid: np.ndarray, where: str) -> np.ndarray:
+        """(S,S) uint8 class ids, 255 where ``valid`` is false or the value is not a class."""
+        raw = np.asarray(raw)
+        out = np.full(raw.shape, IGNORE, np.uint8)
+        if not self.table:
+            bad = valid & (raw != IGNORE) & ((raw < 0) | (raw >= self.num_classes))
+            if bad.any():
+                raise InputError(f"label {where} holds value {raw[bad].max()}, expected class "
+                                 f"ids 0..{self.num_classes - 1}, 255 (ignore) or the raster's "
+                                 "no-data; recode the labels, pass the right --classes, or map "
+                                 "raw values with --label-map")
+            keep = valid & (raw != IGNORE)
+            out[keep] = raw[keep].astype(np.uint8)
+            return out
+        listed = np.zeros(raw.shape, bool)
+        for value, class_id in self.table:
+            hit = valid & (raw == value)
+            out[hit] = class_id
+            listed |= hit
+        if self.strict and (valid & ~listed).any():
+            raise InputError(f"label {where} holds value {raw[valid & ~listed].max()}, which "
+                             f"is not one of the {self.num_classes} classes' codes "
+                             f"{[v for v, _ in self.table]}; pass the right --classes")
+        return out
+
+
+def loveda_coding(num_classes: int) -> LabelCoding:
+    """LoveDA masks: class + 1, 0 = no data."""
+    return LabelCoding(num_classes, ((0, IGNORE),) + tuple(
+        (v + 1, v) for v in range(num_classes)), strict=True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -169,35 +231,23 @@ def find_pairs(root: str, storage: Storage) -> tuple[list[tuple[str, str]], str]
     return (loveda, "loveda") if loveda else (pairs, "pairs")
 
 
-def _header(uri: str, storage: Storage) -> dict[str, Any]:
-    with storage.gdal_env(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        try:
-            src = rasterio.open(storage.gdal_path(uri))
-        except rasterio.errors.RasterioIOError as err:
-            raise StorageError(f"cannot open raster {uri!r} ({err}); check the path") from err
-        with src:
-            tags = src.tags()
-            return {
-                "height": src.height, "width": src.width, "count": src.count,
-                "dtype": src.dtypes[0], "crs": src.crs, "transform": src.transform,
-                "names": tuple(d or "" for d in src.descriptions),
-                "datetime": tags.get("datetime") or tags.get("TIFFTAG_DATETIME"),
-            }
-
-
-def source_info(header: dict[str, Any], bands: tuple[int, ...] | None, uri: str) -> SourceInfo:
-    """Band choice and dtype of a source raster, checked."""
-    count = header["count"]
+def source_info(scene: Scene, bands: tuple[int, ...] | None, uri: str,
+                gsd: float | None = None) -> SourceInfo:
+    """Band choice, dtype and ground resolution of the source imagery, checked."""
+    count = scene.count
     chosen = tuple(bands) if bands else tuple(range(1, count + 1))
     if any(b < 1 or b > count for b in chosen):
         raise InputError(f"--bands {' '.join(map(str, chosen))} do not exist in {uri!r}, which "
                          f"has {count} bands; choose 1-based bands between 1 and {count}")
-    if header["dtype"] not in ("uint8", "uint16"):
-        raise InputError(f"imagery {uri!r} has dtype {header['dtype']}; expected uint8 or uint16 "
-                         "digital numbers")
-    names = tuple(header["names"][b - 1] or f"band{b}" for b in chosen)
-    return SourceInfo(names, chosen, header["dtype"])
+    if scene.dtype not in ("uint8", "uint16"):
+        raise InputError(f"imagery {uri!r} has dtype {scene.dtype}; expected uint8 or uint16 "
+                         "digital numbers (convert float reflectance to integers first, e.g. "
+                         "gdal_translate -ot UInt16 -scale 0 1 0 10000)")
+    described = scene.band_names or ("",) * count
+    descriptions = tuple(described[b - 1] for b in chosen)
+    names = tuple(d or f"band{b}" for d, b in zip(descriptions, chosen, strict=True))
+    return SourceInfo(names, chosen, scene.dtype, descriptions, count,
+                      gsd if gsd is not None else scene.gsd())
 
 
 def plan_pairs(
@@ -206,31 +256,30 @@ def plan_pairs(
     fractions: tuple[float, float, float],
     seed: int,
     storage: Storage,
-) -> tuple[list[ChipRef], str, dict[str, Any]]:
+) -> tuple[list[ChipRef], str, Scene]:
     """Chips of every pair under ``root``: refs, the layout and the first image's header."""
     pairs, layout = find_pairs(root, storage)
     dealt = deal_splits(len(pairs), fractions, seed)
+    headers = describe_scenes([u for pair in pairs for u in pair], storage, require_crs=False)
+    first = headers[0]
     refs: list[ChipRef] = []
-    first: dict[str, Any] = {}
-    for k, (image, label) in enumerate(pairs):
-        head = _header(image, storage)
-        lab = _header(label, storage)
-        first = first or head
-        if (head["height"], head["width"]) != (lab["height"], lab["width"]):
-            raise InputError(f"image {image!r} is {head['height']}x{head['width']} px but its "
-                             f"label is {lab['height']}x{lab['width']}; they must be the same "
-                             "size")
-        if head["height"] < chip_size or head["width"] < chip_size:
-            raise InputError(f"image {image!r} is {head['height']}x{head['width']} px, smaller "
-                             f"than the chip size {chip_size}; pass a smaller --chip-size")
-        if head["count"] != first["count"] or head["dtype"] != first["dtype"]:
-            raise InputError(f"image {image!r} has {head['count']} {head['dtype']} bands but the "
-                             f"first has {first['count']} {first['dtype']}; use one kind of image")
+    for k, (image, _) in enumerate(pairs):
+        head, lab = headers[2 * k], headers[2 * k + 1]
+        if (head.height, head.width) != (lab.height, lab.width):
+            raise InputError(f"image {image!r} is {head.height}x{head.width} px but its label "
+                             f"is {lab.height}x{lab.width}; they must be the same size")
+        if head.height < chip_size or head.width < chip_size:
+            raise InputError(f"image {image!r} is {head.height}x{head.width} px, smaller than "
+                             f"the chip size {chip_size}; pass a smaller --chip-size")
+        if (head.count, head.dtype) != (first.count, first.dtype):
+            raise InputError(f"image {image!r} has {head.count} {head.dtype} bands but the first "
+                             f"has {first.count} {first.dtype}; use one kind of image")
         split = _split_from_path(image)
         split = int(dealt[k]) if split is None else split
-        for r in range(head["height"] // chip_size):
-            for c in range(head["width"] // chip_size):
-                refs.append(ChipRef(len(refs), split, image, label, r * chip_size, c * chip_size))
+        for r in range(head.height // chip_size):
+            for c in range(head.width // chip_size):
+                refs.append(ChipRef(len(refs), split, image, lab.uri, r * chip_size,
+                                    c * chip_size))
     return refs, layout, first
 
 
@@ -249,54 +298,81 @@ def block_splits(
 
 @dataclass(frozen=True)
 class Grid:
-    """The label raster's pixel grid."""
+    """A label raster's pixel grid: where its chips are cut."""
 
-    crs: CRS
-    transform: Affine
+    crs: str
+    transform: tuple[float, ...]
     height: int
     width: int
 
+    @classmethod
+    def of(cls, scene: Scene) -> Grid:
+        """The pixel grid of a raster."""
+        return cls(scene.crs, scene.transform, scene.height, scene.width)
+
+    def window_transform(self, row: int, col: int) -> Affine:
+        """Affine of the window whose top-left pixel is (row, col)."""
+        return Affine(*self.transform[:6]) * Affine.translation(col, row)
+
+
+def label_rasters(labels: tuple[str, ...], storage: Storage) -> list[Scene]:
+    """Headers of the label rasters (files, folders or prefixes of ``*.tif``)."""
+    from depthseg.io.catalog import _rasters_at
+
+    uris = [u for part in labels for u in _rasters_at(part, storage)]
+    scenes = describe_scenes(uris, storage)
+    for scene in scenes:
+        if scene.count != 1 or not np.issubdtype(np.dtype(scene.dtype), np.integer):
+            raise InputError(f"label raster {scene.uri!r} has {scene.count} {scene.dtype} bands; "
+                             "expected one band of integer class codes")
+    gsds = [g for g in (s.gsd() for s in scenes) if g]
+    if gsds and max(gsds) > 1.25 * min(gsds):
+        raise InputError(f"label rasters have pixel sizes from {min(gsds):g} to {max(gsds):g} m; "
+                         "chips of one store must share one ground resolution: resample the "
+                         "labels to one resolution (gdalwarp -tr R R -r mode)")
+    return scenes
+
 
 def plan_scenes(
-    label: str,
+    labels: list[Scene],
     chip_size: int,
     block: int,
     fractions: tuple[float, float, float],
     seed: int,
     storage: Storage,
+    coding: LabelCoding,
     min_labelled: float = 0.01,
-) -> tuple[list[ChipRef], Grid]:
-    """Chips on the label raster's grid with at least ``min_labelled`` labelled pixels."""
-    head = _header(label, storage)
-    grid = Grid(head["crs"], head["transform"], head["height"], head["width"])
-    rows, cols = grid.height // chip_size, grid.width // chip_size
-    if rows == 0 or cols == 0:
-        raise InputError(f"label raster {label!r} is {grid.height}x{grid.width} px, smaller than "
-                         f"one chip of {chip_size}; pass a smaller --chip-size")
-    splits = block_splits(rows, cols, block, fractions, seed)
-    refs: list[ChipRef] = []
-    with storage.gdal_env(), rasterio.open(storage.gdal_path(label)) as src:
+) -> list[ChipRef]:
+    """Chips on the label rasters' grids with at least ``min_labelled`` labelled pixels."""
+    if block < 1:
+        raise InputError(f"--block {block} must be >= 1 chips")
+    candidates: list[tuple[int, int, int, int]] = []  # (raster, block id, row, col)
+    blocks = 0
+    for k, label in enumerate(labels):
+        rows, cols = label.height // chip_size, label.width // chip_size
+        if rows == 0 or cols == 0:
+            raise InputError(f"label raster {label.uri!r} is {label.height}x{label.width} px, "
+                             f"smaller than one chip of {chip_size}; pass a smaller --chip-size")
+        block_cols = -(-cols // block)
         for r in range(rows):
+            # One read per row of chips (not per chip, not the whole raster).
+            raw, valid = read_pixels(label, storage, r * chip_size, 0, chip_size,
+                                     cols * chip_size)
+            classes = coding.apply(raw[0], valid, f"{label.uri!r} at row {r * chip_size}")
             for c in range(cols):
-                window = Window(c * chip_size, r * chip_size, chip_size, chip_size)
-                labelled = float((src.read(1, window=window) != 255).mean())
+                labelled = float((classes[:, c * chip_size:(c + 1) * chip_size] != IGNORE)
+                                 .mean())
                 if labelled >= min_labelled and labelled > 0:
-                    refs.append(ChipRef(len(refs), int(splits[r, c]), "", label,
-                                        r * chip_size, c * chip_size))
-    return refs, grid
+                    candidates.append((k, blocks + (r // block) * block_cols + c // block,
+                                       r * chip_size, c * chip_size))
+        blocks += -(-rows // block) * block_cols
+    splits = deal_splits(blocks, fractions, seed)
+    return [ChipRef(i, int(splits[b]), "", labels[k].uri, row, col)
+            for i, (k, b, row, col) in enumerate(candidates)]
 
 
 # ------------------------------------------------------------------------------------------
 # Reading
-
-
-def check_labels(label: np.ndarray, num_classes: int, where: str) -> None:
-    """Refuse label values that are neither a class id nor 255 (ignore)."""
-    bad = label[(label >= num_classes) & (label != 255)]
-    if bad.size:
-        raise InputError(f"label {where} holds value {int(bad.max())}, expected class ids "
-                         f"0..{num_classes - 1} or 255 (ignore); recode the labels or pass the "
-                         "right --classes")
 
 
 @dataclass(frozen=True)
@@ -305,121 +381,55 @@ class PairReader:
 
     bands: tuple[int, ...]
     chip_size: int
-    num_classes: int
-    layout: str
+    coding: LabelCoding
     storage: Storage
+    headers: dict[str, Scene] = field(default_factory=dict)
+
+    def _scene(self, uri: str) -> Scene:
+        return self.headers.get(uri) or describe_scene(uri, self.storage, require_crs=False)
 
     def read(self, ref: ChipRef) -> ChipPixels:
         """Pixels of one chip; label pixels without image data become 255."""
         s = self.chip_size
-        with self.storage.gdal_env(), warnings.catch_warnings():
-            # PNG chips (LoveDA) carry no georeferencing, and need none.
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            with rasterio.open(self.storage.gdal_path(ref.image)) as src:
-                window = Window(ref.col, ref.row, s, s)
-                image = src.read(list(self.bands), window=window)
-                valid = src.dataset_mask(window=window) > 0
-            with rasterio.open(self.storage.gdal_path(ref.label)) as src:
-                label = src.read(1, window=Window(ref.col, ref.row, s, s))
-        if self.layout == "loveda":
-            check_labels(np.where(label == 0, 255, label - 1), self.num_classes, ref.label)
-            label = np.where(label == 0, 255, label.astype(np.int16) - 1).astype(np.uint8)
-        else:
-            check_labels(label, self.num_classes, repr(ref.label))
-        label = np.where(valid, label, 255).astype(np.uint8)
+        image, valid = read_pixels(self._scene(ref.image), self.storage, ref.row, ref.col, s, s,
+                                   self.bands)
+        raw, labelled = read_pixels(self._scene(ref.label), self.storage, ref.row, ref.col, s, s)
+        label = self.coding.apply(raw[0], labelled & valid, repr(ref.label))
         return ChipPixels(image, label, valid, None)
 
 
 @dataclass(frozen=True)
 class SceneReader:
-    """Reads chips composited from scenes on the label grid (picklable)."""
+    """Reads chips composited from scenes on the label rasters' grids (picklable).
 
-    scenes: tuple[str, ...]
-    height: str | None
-    grid: Grid
+    Attributes:
+        imagery: The scenes (composited first-valid, resampled as the catalog says).
+        labels: The label rasters (read nearest).
+        heights: DSM/nDSM rasters in metres (read bilinear), or None.
+        grids: The pixel grid of each label raster, by URI.
+        bands: 1-based imagery bands in model channel order.
+        chip_size: Chip side in pixels.
+        coding: Raw label values -> class ids.
+    """
+
+    imagery: Catalog
+    labels: Catalog
+    heights: Catalog | None
+    grids: dict[str, Grid]
     bands: tuple[int, ...]
-    dtype: str
     chip_size: int
-    num_classes: int
-    storage: Storage
+    coding: LabelCoding
 
     def read(self, ref: ChipRef) -> ChipPixels:
         """First-valid composite of the scenes, the label, and heights (NaN where missing)."""
-        s, c = self.chip_size, len(self.bands)
-        image = np.zeros((c, s, s), self.dtype)
-        valid = np.zeros((s, s), bool)
-        with self.storage.gdal_env():
-            for scene in self.scenes:
-                pixels, ok = read_on_grid(scene, self.grid, ref.row, ref.col, s, self.bands,
-                                          self.storage, Resampling.bilinear)
-                take = ok & ~valid
-                image[:, take] = pixels[:, take]
-                valid |= take
-                if valid.all():
-                    break
-            with rasterio.open(self.storage.gdal_path(ref.label)) as src:
-                label = src.read(1, window=Window(ref.col, ref.row, s, s))
-            height = None
-            if self.height is not None:
-                h, ok = read_on_grid(self.height, self.grid, ref.row, ref.col, s, (1,),
-                                     self.storage, Resampling.bilinear)
-                height = np.where(ok & valid, h[0].astype(np.float32), np.nan)
-        check_labels(label, self.num_classes, f"{ref.label!r} at row {ref.row} col {ref.col}")
-        label = np.where(valid, label, 255).astype(np.uint8)
+        s, grid = self.chip_size, self.grids[ref.label]
+        transform = grid.window_transform(ref.row, ref.col)
+        image, valid = self.imagery.read(grid.crs, transform, s, s, self.bands)
+        raw, labelled = self.labels.read(grid.crs, transform, s, s, (1,))
+        label = self.coding.apply(raw[0], labelled & valid,
+                                  f"{ref.label!r} at row {ref.row} col {ref.col}")
+        height = None
+        if self.heights is not None:
+            h, ok = self.heights.read(grid.crs, transform, s, s, (1,))
+            height = np.where(ok & valid, h[0].astype(np.float32), np.nan)
         return ChipPixels(image, label, valid, height)
-
-
-def read_on_grid(
-    uri: str,
-    grid: Grid,
-    row: int,
-    col: int,
-    size: int,
-    bands: tuple[int, ...],
-    storage: Storage,
-    resampling: Resampling,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A ``size`` x ``size`` window of ``grid`` read from ``uri`` (inside ``gdal_env``).
-
-    Rasters on the same grid (same CRS and pixel size, whole-pixel offset) are read directly;
-    others through a ``WarpedVRT`` onto ``grid``.
-    """
-    with rasterio.open(storage.gdal_path(uri)) as src:
-        offset = _aligned_offset(src.crs, src.transform, grid)
-        if offset is not None:
-            window = Window(col - offset[1], row - offset[0], size, size)
-            pixels = src.read(list(bands), window=window, boundless=True, fill_value=0)
-            mask = src.dataset_mask(window=window, boundless=True) > 0
-            return pixels, mask
-        with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width,
-                       height=grid.height, resampling=resampling) as vrt:
-            window = Window(col, row, size, size)
-            return vrt.read(list(bands), window=window), vrt.dataset_mask(window=window) > 0
-
-
-def _aligned_offset(crs: CRS, transform: Affine, grid: Grid) -> tuple[int, int] | None:
-    """(row, col) of the raster's origin in ``grid`` pixels if it shares the grid, else None."""
-    if crs != grid.crs or not np.allclose(
-        [transform.a, transform.b, transform.d, transform.e],
-        [grid.transform.a, grid.transform.b, grid.transform.d, grid.transform.e],
-    ):
-        return None
-    col, row = ~grid.transform * (transform.c, transform.f)
-    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
-        return None
-    return int(round(row)), int(round(col))
-
-
-def newest_first(scenes: list[str], storage: Storage) -> tuple[list[str], dict[str, Any]]:
-    """Scenes ordered newest first when all carry a ``datetime`` tag; and the first header."""
-    headers = [_header(s, storage) for s in scenes]
-    first = headers[0]
-    for s, h in zip(scenes, headers, strict=True):
-        if (h["count"], h["dtype"]) != (first["count"], first["dtype"]):
-            raise InputError(f"scene {s!r} has {h['count']} {h['dtype']} bands but {scenes[0]!r} "
-                             f"has {first['count']} {first['dtype']}; use scenes of one sensor")
-    if all(h["datetime"] for h in headers):
-        order = sorted(range(len(scenes)), key=lambda i: str(headers[i]["datetime"]),
-                       reverse=True)
-        scenes = [scenes[i] for i in order]
-    return scenes, first

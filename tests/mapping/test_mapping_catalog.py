@@ -32,7 +32,8 @@ def test_folder_glob_and_stac_open_the_same_scenes(synthetic_region: Any, tmp_pa
     folder = open_catalog(str(scenes))
     glob = open_catalog(str(scenes / "scene_0*.tif"))
     features = [{"type": "Feature", "stac_version": "1.0.0", "id": p.stem,
-                 "properties": {"datetime": None}, "geometry": None, "links": [],
+                 "properties": {"datetime": "2024-05-01T00:00:00Z"}, "geometry": None,
+                 "links": [],
                  "assets": {"visual": {"href": f"scenes/{p.name}",
                                        "type": "image/tiff; application=geotiff"}}}
                 for p in sorted(scenes.glob("*.tif"))]
@@ -111,7 +112,7 @@ def test_s3_prefix_is_a_catalog(synthetic_region: Any, s3_prefix: str,
 
 
 def test_empty_folder_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="holds no scenes"):
+    with pytest.raises(InputError, match="no GeoTIFF"):
         open_catalog(str(tmp_path))
 
 

@@ -105,7 +105,7 @@ def test_ray_job_submit_trains_and_exports_a_bundle(tmp_path, head_cluster):
     data = make_scenes(tmp_path, size=256)
     chips = str(tmp_path / "store")
     prepare_chips(PrepareOptions(out=chips, scenes=(str(tmp_path / "scenes"),),
-                                 label=str(data["labels"]), height=str(data["height"]),
+                                 labels=(str(data["labels"]),), height=str(data["height"]),
                                  chip_size=64, block=1, fractions=(0.75, 0.25, 0.0)),
                   log=lambda *_: None)
     runs = tmp_path / "runs"

@@ -57,7 +57,7 @@ def test_loveda_masks_are_shifted_to_class_ids(tmp_path):
 def test_scene_chips_composite_newest_first_with_disjoint_split_blocks(tmp_path):
     data = make_scenes(tmp_path, size=256)
     opts = PrepareOptions(out=str(tmp_path / "store"), scenes=(str(tmp_path / "scenes"),),
-                          label=str(data["labels"]), height=str(data["height"]), chip_size=32,
+                          labels=(str(data["labels"]),), height=str(data["height"]), chip_size=32,
                           block=2, fractions=(0.5, 0.25, 0.25), seed=3)
     report = prepare_chips(opts, log=_quiet)
     store = ChipStore.open(opts.out)
@@ -94,7 +94,7 @@ def test_block_split_counts():
 def test_prepare_resumes_exactly_the_missing_chips(tmp_path):
     data = make_scenes(tmp_path, size=128)
     opts = PrepareOptions(out=str(tmp_path / "full"), scenes=tuple(map(str, data["scenes"])),
-                          label=str(data["labels"]), height=str(data["height"]), chip_size=32)
+                          labels=(str(data["labels"]),), height=str(data["height"]), chip_size=32)
     prepare_chips(opts, log=_quiet)
     partial = PrepareOptions(**{**opts.__dict__, "out": str(tmp_path / "partial")})
     prepare_chips(partial, log=_quiet)
@@ -116,7 +116,7 @@ def test_prepare_resumes_exactly_the_missing_chips(tmp_path):
 def test_prepare_refuses_other_inputs_on_an_existing_store(tmp_path):
     data = make_scenes(tmp_path, size=128)
     opts = PrepareOptions(out=str(tmp_path / "s"), scenes=(str(data["scenes"][0]),),
-                          label=str(data["labels"]), no_depth=True, chip_size=32)
+                          labels=(str(data["labels"]),), no_depth=True, chip_size=32)
     prepare_chips(opts, log=_quiet)
     with pytest.raises(InputError, match="other inputs|different layout"):
         prepare_chips(PrepareOptions(**{**opts.__dict__, "seed": 9, "block": 1}), log=_quiet)

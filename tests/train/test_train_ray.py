@@ -22,7 +22,7 @@ def test_two_worker_ddp_run_learns_and_survives_a_failure(tmp_path, ray_local):
     data = make_scenes(tmp_path, size=256)
     chips = str(tmp_path / "store")
     prepare_chips(PrepareOptions(out=chips, scenes=(str(tmp_path / "scenes"),),
-                                 label=str(data["labels"]), height=str(data["height"]),
+                                 labels=(str(data["labels"]),), height=str(data["height"]),
                                  chip_size=64, block=1, fractions=(0.75, 0.25, 0.0)),
                   log=lambda *_: None)
     base = load_config("configs/tiny.yaml")
@@ -56,7 +56,7 @@ def test_run_storage_and_chips_on_s3(tmp_path, ray_local, s3_prefix, s3_storage)
     data = make_scenes(tmp_path, size=128)
     chips = join(s3_prefix, "chips")
     prepare_chips(PrepareOptions(out=chips, scenes=(str(tmp_path / "scenes"),),
-                                 label=str(data["labels"]), height=str(data["height"]),
+                                 labels=(str(data["labels"]),), height=str(data["height"]),
                                  chip_size=64, block=1, fractions=(0.5, 0.5, 0.0)),
                   s3_storage, log=lambda *_: None)
     base = load_config("configs/tiny.yaml")
