@@ -126,3 +126,19 @@ def test_s3_config_from_env_reads_standard_variables():
     assert cfg.gdal_options()["AWS_S3_ENDPOINT"] == "minio.local:9000"
     assert cfg.gdal_options()["AWS_HTTPS"] == "YES"
     assert cfg.fsspec_options()["client_kwargs"]["endpoint_url"] == "https://minio.local:9000"
+
+
+def test_repr_hides_the_secret_and_pickle_keeps_it():
+    import pickle
+
+    secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+    s3 = S3Config(endpoint_url="http://127.0.0.1:9000", key="AKIDEXAMPLE", secret=secret)
+    storage = Storage(s3=s3)
+    for obj in (s3, storage):
+        for text in (repr(obj), str(obj), f"{obj}", f"{obj!r}", f"{[obj]}"):
+            assert secret not in text
+            assert "secret='***'" in text
+            assert "key='AKIDEXAMPLE'" in text and "http://127.0.0.1:9000" in text
+    assert pickle.loads(pickle.dumps(storage)).s3.secret == secret
+    assert pickle.loads(pickle.dumps(s3)) == s3
+    assert "secret=None" in repr(S3Config())  # nothing to hide: say so

@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -34,6 +34,7 @@ T = TypeVar("T")
 _SCHEMES_LOCAL = ("", "file")
 _GDAL_CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 _SCHEMES_S3 = ("s3",)
+_REDACTED_FIELDS = ("secret",)  # shown as '***' by repr(); pickling keeps the real value
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ class S3Config:
         secret: Secret access key; None likewise.
         region: Region name sent with signed requests.
         anon: Unsigned requests (public buckets).
+
+    ``repr()``/``str()`` (and so :class:`Storage`'s, logs and tracebacks) show the secret as
+    ``'***'``; pickles (Ray ships these to workers) carry the real value.
     """
 
     endpoint_url: str | None = None
@@ -62,6 +66,14 @@ class S3Config:
                     f"S3 endpoint {self.endpoint_url!r} is not a URL; expected "
                     "http(s)://HOST:PORT, e.g. http://127.0.0.1:9000"
                 )
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            shown = "'***'" if f.name in _REDACTED_FIELDS and value is not None else repr(value)
+            parts.append(f"{f.name}={shown}")
+        return f"{type(self).__name__}({', '.join(parts)})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> S3Config:
