@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import tempfile
 import warnings
 from collections.abc import Collection
@@ -133,11 +134,59 @@ def _acquisition_range(plan: Plan, chunk: ChunkId, catalog: Catalog | None
     return min(dates), max(dates)
 
 
+_COLLECTION_ID = "depthseg-landcover"
+# Extension versions are pinned: tests/data/stac_schemas holds these exact schemas.
+_PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+_CLASSIFICATION = "https://stac-extensions.github.io/classification/v2.0.0/schema.json"
+_ASSET_TEXT = {
+    "landcover": ("Land cover", "Class per pixel (classification:classes); 255 = no data."),
+    "confidence": ("Confidence", "round(255 x the highest class probability); 0 = no data."),
+    "depth": ("Relative depth", "Relative depth in [0, 1] (float16 in the mosaic); NaN = no data."),
+}
+
+
+def _classes(contract: Contract) -> list[dict[str, Any]]:
+    """Classification v2 classes: ``name`` must match ``[0-9A-Za-z-_]+``, ``title`` is free."""
+    classes: list[dict[str, Any]] = [
+        {"value": i, "name": re.sub(r"[^0-9A-Za-z_-]+", "_", name).strip("_") or f"class_{i}",
+         "title": name, "color_hint": "{:02X}{:02X}{:02X}".format(*rgb)}
+        for i, (name, rgb) in enumerate(zip(contract.class_names, contract.palette, strict=True))]
+    classes.append({"value": int(LANDCOVER_NODATA), "name": "no_data", "title": "No data",
+                    "nodata": True})
+    return classes
+
+
+def _asset_fields(layer: str, contract: Contract) -> dict[str, Any]:
+    """Fields of a layer's single-band asset.
+
+    STAC 1.1 common ``data_type`` and ``nodata`` go on the asset itself (the STAC best
+    practice for one band); the land cover asset also carries its classes.
+    """
+    fields: dict[str, Any] = {"data_type": _DTYPE[layer],
+                              "nodata": "nan" if layer == "depth" else int(_NODATA[layer])}
+    if layer == "landcover":
+        fields["classification:classes"] = _classes(contract)
+    return fields
+
+
 def _stac(out: str, storage: Storage, plan: Plan, chunks: list[ChunkId],
           contract: Contract, catalog: Catalog | None = None) -> None:
+    """Write the STAC 1.1 Collection and one Item per chunk.
+
+    Extensions: projection v2.0.0 and classification v2.0.0. Links are relative (items ->
+    ``../collection.json``), as are asset hrefs (``../../cog/<layer>/<chunk>.tif``).
+    """
     now = datetime.now(timezone.utc).replace(microsecond=0)
     extent_start, extent_end = now, now
-    epsg = rasterio.crs.CRS.from_string(plan.grid.crs).to_epsg()
+    crs = rasterio.crs.CRS.from_string(plan.grid.crs)
+    authority = crs.to_authority()
+    proj_code = ":".join(authority) if authority else None
+    # Projection v2: a CRS without an authority code is written as WKT2, with proj:code null.
+    proj_crs: dict[str, Any] = {"proj:code": proj_code}
+    if proj_code is None:
+        proj_crs["proj:wkt2"] = crs.to_wkt(version="WKT2_2019")
+    assets = {layer: _asset_fields(layer, contract) for layer in _OVERVIEW}
+    collection_link = "../collection.json"
     items: list[pystac.Item] = []
     for chunk in chunks:
         bbox = _lonlat_box(plan, plan.grid.chunk_bounds(chunk))
@@ -160,34 +209,42 @@ def _stac(out: str, storage: Storage, plan: Plan, chunks: list[ChunkId],
         else:
             extent_start, extent_end = acquired[0] if acquired else now, item_time
         item = pystac.Item(id=chunk.key, geometry=geometry, bbox=bbox, datetime=item_time,
-                           properties={**dates,
-                                       "proj:code": f"EPSG:{epsg}" if epsg else None,
+                           properties={**dates, **proj_crs,
+                                       "proj:bbox": list(plan.grid.chunk_bounds(chunk)),
                                        "proj:shape": [size, size],
                                        "proj:transform": list(plan.grid.chunk_transform(chunk))
-                                       [:6]})
-        for layer in _OVERVIEW:
-            extra: dict[str, Any] = {"nodata": "nan" if layer == "depth" else _NODATA[layer]}
-            if layer == "landcover":
-                extra["classification:classes"] = [
-                    {"value": i, "name": n, "color_hint": "{:02X}{:02X}{:02X}".format(*rgb)}
-                    for i, (n, rgb) in enumerate(zip(contract.class_names, contract.palette,
-                                                     strict=True))]
+                                       [:6]},
+                           stac_extensions=[_PROJECTION, _CLASSIFICATION],
+                           collection=_COLLECTION_ID)
+        for layer, fields in assets.items():
+            title, description = _ASSET_TEXT[layer]
             item.add_asset(layer, pystac.Asset(
-                href=f"../../cog/{layer}/{chunk.key}.tif",
-                media_type=pystac.MediaType.COG, roles=["data"], extra_fields=extra))
-        item.add_link(pystac.Link("collection", "../collection.json"))
+                href=f"../../cog/{layer}/{chunk.key}.tif", title=title, description=description,
+                media_type=pystac.MediaType.COG, roles=["data"], extra_fields=dict(fields)))
+        for rel in (pystac.RelType.COLLECTION, pystac.RelType.PARENT, pystac.RelType.ROOT):
+            item.add_link(pystac.Link(rel, collection_link, media_type=pystac.MediaType.JSON))
         items.append(item)
         storage.write_bytes_atomic(join(out, "stac", "items", f"{chunk.key}.json"), json.dumps(
             item.to_dict(include_self_link=False, transform_hrefs=False), indent=2).encode())
     bbox = _lonlat_box(plan, plan.grid.bounds)
+    # The collection uses projection fields only in its summaries, so only with a code.
     collection = pystac.Collection(
-        id="depthseg-landcover", description="DepthSeg land cover, confidence and depth",
+        id=_COLLECTION_ID, title="DepthSeg land cover",
+        description="DepthSeg land cover, confidence and depth",
         extent=pystac.Extent(pystac.SpatialExtent([bbox]),
                              pystac.TemporalExtent([[extent_start, extent_end]])),
-        license="other")
+        license="other",
+        stac_extensions=[_PROJECTION, _CLASSIFICATION] if proj_code else [_CLASSIFICATION],
+        summaries=pystac.Summaries({"proj:code": [proj_code]} if proj_code else {}))
+    collection.item_assets = {layer: pystac.ItemAssetDefinition.create(
+        title=_ASSET_TEXT[layer][0], description=_ASSET_TEXT[layer][1],
+        media_type=pystac.MediaType.COG, roles=["data"], extra_fields=dict(fields))
+        for layer, fields in assets.items()}
+    collection.add_link(pystac.Link(pystac.RelType.ROOT, "./collection.json",
+                                    media_type=pystac.MediaType.JSON))
     for item in items:
         collection.add_link(pystac.Link("item", f"./items/{item.id}.json",
-                                        media_type=pystac.MediaType.JSON))
+                                        media_type=pystac.MediaType.GEOJSON))
     storage.write_bytes_atomic(join(out, "stac", "collection.json"), json.dumps(
         collection.to_dict(include_self_link=False, transform_hrefs=False), indent=2).encode())
 
