@@ -40,6 +40,8 @@ from depthseg.train.checkpoint import (
     STATE_FILE,
     TrainState,
     load_state,
+    local_copy,
+    restoring,
     save_state,
 )
 from depthseg.train.data import Batch, augment, epoch_seed, steps_per_epoch
@@ -110,9 +112,9 @@ class Hooks:
         uri = join(self.spec.run_dir, names[-1])
         if scheme_of(uri) in ("", "file"):
             return uri
-        local = tempfile.mkdtemp(prefix="depthseg-ckpt-")
-        Path(local, STATE_FILE).write_bytes(self.spec.storage.read_bytes(join(uri, STATE_FILE)))
-        return local
+        # A temporary copy: fit() removes it (checkpoint.restoring) once the state is loaded.
+        return local_copy(lambda local: Path(local, STATE_FILE).write_bytes(
+            self.spec.storage.read_bytes(join(uri, STATE_FILE))))
 
     def report(self, metrics: dict[str, Any], checkpoint: str | None, epoch: int) -> None:
         """Persist ``checkpoint`` (a local directory) as ``<run_dir>/checkpoint_epoch_NNNN``."""
@@ -217,7 +219,8 @@ def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print)
     state = TrainState()
     checkpoint = hooks.latest_checkpoint()
     if checkpoint is not None:
-        state, _ = load_state(checkpoint, model, optimizer, scheduler)
+        with restoring(checkpoint):  # removes a temporary local copy, never run storage
+            state, _ = load_state(checkpoint, model, optimizer, scheduler)
         model.to(device)
         log_rank0(rank, log, f"resumed from {checkpoint}: epoch {state.epoch}, step {state.step}")
         if align_schedule(optimizer, scheduler, tc.milestone_steps(total)):

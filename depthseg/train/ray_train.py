@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +28,7 @@ from torch import Tensor, nn
 from depthseg.errors import InputError
 from depthseg.io.chips import ChipStore
 from depthseg.io.storage import Storage, join, scheme_of
-from depthseg.train.checkpoint import CHECKPOINT_PREFIX, frozen_names
+from depthseg.train.checkpoint import CHECKPOINT_PREFIX, frozen_names, local_copy
 from depthseg.train.data import Batch, RayFeed, ray_datasets, read_chips
 from depthseg.train.loop import Hooks, RunSpec, fit
 
@@ -98,13 +97,16 @@ class RayHooks(Hooks):
         return tensor
 
     def latest_checkpoint(self) -> str | None:
-        """The checkpoint Ray hands back after a failure or on a resumed run."""
+        """The checkpoint Ray hands back after a failure or on a resumed run.
+
+        A temporary local copy: :func:`~depthseg.train.loop.fit` removes it once loaded.
+        """
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
-        return checkpoint.to_directory(tempfile.mkdtemp(prefix="depthseg-ckpt-"))
+        return local_copy(checkpoint.to_directory)
 
     def report(self, metrics: dict[str, Any], checkpoint: str | None, epoch: int) -> None:
         """Report metrics (every worker) with rank 0's checkpoint."""
