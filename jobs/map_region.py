@@ -15,6 +15,17 @@ import os
 import sys
 
 from depthseg.errors import DepthSegError
+from depthseg.geo.grid import DEFAULT_CHUNK_SIZE
+
+
+def _resolution(text: str) -> float | str:
+    if text == "native":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of metres or 'native'") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,19 +40,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bbox-crs", default="EPSG:4326")
     parser.add_argument("--crs", default="auto",
                         help="auto (imagery's metric CRS, else UTM) or EPSG:n")
-    parser.add_argument("--resolution", type=float, default=None, help="metres (default: imagery)")
-    parser.add_argument("--chunk", type=int, default=2048, help="chunk side in pixels")
-    parser.add_argument("--tile", type=int, default=518, help="model tile side in pixels")
-    parser.add_argument("--overlap", type=int, default=64, help="tile overlap (= halo) in pixels")
+    parser.add_argument("--resolution", type=_resolution, default=None,
+                        help="output pixel size in metres, or 'native' (default: the "
+                             "imagery's, or the model's training resolution when the imagery "
+                             "differs from it by more than 25%%)")
+    parser.add_argument("--bands", nargs="+", default=None,
+                        help="imagery bands for the model's channels, in order: 1-based indices "
+                             "or band names (default: by the bundle's band names, else its "
+                             "band indices)")
+    parser.add_argument("--scale", type=float, default=None,
+                        help="multiply pixels by this before the model (e.g. 10000 for 0-1 "
+                             "float reflectance into a bundle trained on integers)")
+    parser.add_argument("--offset", type=float, default=0.0, help="add this after --scale")
+    parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK_SIZE,
+                        help="chunk side in pixels")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="model tile side in pixels (default: the bundle's)")
+    parser.add_argument("--overlap", type=int, default=None,
+                        help="tile overlap (= halo) in pixels (default: 64, at most tile/4)")
     parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
     parser.add_argument("--gpus", type=int, default=None,
                         help="GPUs to use, one predict actor each (default: all Ray sees)")
     parser.add_argument("--cpu-actors", type=int, default=1,
                         help="predict actors when there is no GPU")
     parser.add_argument("--stac-asset", default="image", help="asset key of STAC items")
-    parser.add_argument("--resampling", default="nearest",
+    parser.add_argument("--resampling", default=None,
                         help="warping of scenes not on the output grid: nearest, bilinear, "
-                             "cubic, cubic_spline, lanczos, average")
+                             "cubic, cubic_spline, lanczos, average (default: what the "
+                             "bundle's training used)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model in each predict actor (long GPU runs)")
     parser.add_argument("--write-stage", choices=("auto", "separate", "actor"), default="auto",
@@ -66,30 +92,35 @@ def main(argv: list[str] | None = None) -> int:
     from depthseg.io.storage import Storage
     from depthseg.mapping import MapRequest, map_region
 
+    def start_ray() -> int | None:
+        """Start or join Ray once the inputs are checked; the GPUs to use if not given."""
+        import ray
+
+        ray.init(address=args.ray_address, num_cpus=args.num_cpus,
+                 runtime_env={"env_vars": gdal_env}, log_to_driver=False,
+                 include_dashboard=False)
+        if args.gpus is not None:
+            return None
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if gpus == 0 and (args.ray_address or os.environ.get("RAY_ADDRESS")):
+            # An autoscaling cluster may start with no GPU node; --gpus N scales up.
+            print("note: the cluster has no GPU now, so the model runs on CPU actors; "
+                  "pass --gpus N to use (and scale up) N GPUs", file=sys.stderr)
+        return gpus
+
     try:
         storage = Storage.from_env()
-        gpus = args.gpus
-        if not args.local:
-            import ray
-
-            ray.init(address=args.ray_address, num_cpus=args.num_cpus,
-                     runtime_env={"env_vars": gdal_env}, log_to_driver=False,
-                     include_dashboard=False)
-            if gpus is None:
-                gpus = int(ray.cluster_resources().get("GPU", 0))
-                if gpus == 0 and (args.ray_address or os.environ.get("RAY_ADDRESS")):
-                    # An autoscaling cluster may start with no GPU node; --gpus N scales up.
-                    print("note: the cluster has no GPU now, so the model runs on CPU actors; "
-                          "pass --gpus N to use (and scale up) N GPUs", file=sys.stderr)
         request = MapRequest(
             bbox=tuple(args.bbox), imagery=args.imagery, model=args.model, out=args.out,
             bbox_crs=args.bbox_crs, crs=args.crs, resolution=args.resolution,
             chunk_size=args.chunk, tile=args.tile, overlap=args.overlap,
-            batch_size=args.batch_size, gpus=gpus or 0, cpu_actors=args.cpu_actors,
+            batch_size=args.batch_size, gpus=args.gpus or 0, cpu_actors=args.cpu_actors,
             resume=args.resume, stac_asset=args.stac_asset, resampling=args.resampling,
             compile=args.compile, write_stage=args.write_stage,
-            executor="local" if args.local else "ray")
-        report = map_region(request, storage)
+            executor="local" if args.local else "ray",
+            bands=tuple(args.bands) if args.bands else None, scale=args.scale,
+            offset=args.offset)
+        report = map_region(request, storage, start_ray=start_ray)
     except DepthSegError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -52,6 +52,12 @@ class Contract:
         palette: One (r, g, b) colour per class, 0-255.
         tile_size: Model input window in pixels.
         nodata: Input value meaning "no data" (None when the imagery has none).
+        gsd: Ground sample distance of the training imagery in metres (None: unknown).
+        band_descriptions: The training imagery's descriptions of the bands the model reads
+            (``""`` where it had none): mapping compares them with the imagery's own.
+        source_bands: Band count of the training imagery (0: unknown).
+        resampling: How training scenes off the label grid were resampled; mapping uses it
+            by default.
     """
 
     band_indices: tuple[int, ...]
@@ -64,9 +70,19 @@ class Contract:
     palette: tuple[tuple[int, int, int], ...]
     tile_size: int
     nodata: float | None = 0
+    gsd: float | None = None
+    band_descriptions: tuple[str, ...] = ()
+    source_bands: int = 0
+    resampling: str = "nearest"
 
     def __post_init__(self) -> None:
         n = len(self.band_indices)
+        if self.band_descriptions and len(self.band_descriptions) != n:
+            raise InputError(
+                f"contract band_descriptions has {len(self.band_descriptions)} entries but "
+                f"band_indices has {n}; give one description ('' if none) per model channel")
+        if self.gsd is not None and not (math.isfinite(self.gsd) and self.gsd > 0):
+            raise InputError(f"contract gsd {self.gsd} must be a positive number of metres")
         if n == 0 or any(int(b) != b or b < 1 for b in self.band_indices):
             raise InputError(
                 f"contract band_indices {self.band_indices} are invalid; expected 1-based band "
@@ -115,7 +131,9 @@ class Contract:
         unknown = sorted(set(data) - known)
         if unknown:
             raise InputError(f"contract has unknown keys {unknown}; expected only {sorted(known)}")
-        missing = sorted(f.name for f in fields(cls) if f.name not in data and f.name != "nodata")
+        optional = {"nodata", "gsd", "band_descriptions", "source_bands", "resampling"}
+        missing = sorted(f.name for f in fields(cls) if f.name not in data
+                         and f.name not in optional)
         if missing:
             raise InputError(f"contract is missing keys {missing}")
         return cls(
@@ -129,6 +147,10 @@ class Contract:
             palette=tuple((int(c[0]), int(c[1]), int(c[2])) for c in data["palette"]),
             tile_size=int(data["tile_size"]),
             nodata=None if data.get("nodata") is None else float(data["nodata"]),
+            gsd=None if data.get("gsd") is None else float(data["gsd"]),
+            band_descriptions=tuple(str(d) for d in data.get("band_descriptions", ())),
+            source_bands=int(data.get("source_bands", 0)),
+            resampling=str(data.get("resampling", "nearest")),
         )
 
     def check_model(self, config: ModelConfig) -> None:
@@ -209,6 +231,53 @@ def read_manifest(uri: str, storage: Storage | None = None) -> tuple[ModelConfig
     config = ModelConfig.from_dict(manifest["model"])
     contract = Contract.from_dict(manifest["contract"])
     contract.check_model(config)
+    return config, contract
+
+
+def verify_bundle(uri: str, storage: Storage | None = None) -> tuple[ModelConfig, Contract]:
+    """Check a bundle without loading its weights: manifest, then the weights file's header.
+
+    Reads ``bundle.json`` and the safetensors header (two small reads, also on S3) and
+    compares the tensor names and shapes with the model the config builds (on the ``meta``
+    device: no memory). A corrupt or truncated weights file, or one of another model, is an
+    :class:`InputError` here, on the driver, before any worker starts.
+    """
+    import struct
+
+    storage = storage or Storage()
+    config, contract = read_manifest(uri, storage)
+    weights_uri = join(uri, WEIGHTS)
+    fs, path = storage.fs(weights_uri)
+    try:
+        size = int(fs.size(path))
+        with fs.open(path, "rb") as handle:
+            head = handle.read(8)
+            length = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            header = json.loads(handle.read(length)) if 0 < length <= min(size, 1 << 27) else None
+    except FileNotFoundError as err:
+        raise InputError(f"bundle {uri!r} has no {WEIGHTS}; re-export it") from err
+    except (json.JSONDecodeError, UnicodeDecodeError, struct.error):
+        header = None
+    if not isinstance(header, dict):
+        raise InputError(f"bundle weights {weights_uri!r} are not a safetensors file (corrupt or "
+                         "truncated); re-export the bundle or copy it again")
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
+    if 8 + length + end != size:
+        raise InputError(f"bundle weights {weights_uri!r} hold {size} bytes but their header "
+                         f"describes {8 + length + end} (truncated or corrupt); copy the bundle "
+                         "again")
+    with torch.device("meta"):
+        model = build_model(_without_pretrained_weights(config), load_weights=False)
+    expected = {k: list(v.shape) for k, v in model.state_dict().items()}
+    found = {k: list(v["shape"]) for k, v in tensors.items()}
+    if expected != found:
+        missing = sorted(set(expected) - set(found))[:3]
+        unexpected = sorted(set(found) - set(expected))[:3]
+        reshaped = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])[:3]
+        raise InputError(f"bundle weights {weights_uri!r} do not match its model config "
+                         f"(missing {missing}, unexpected {unexpected}, other shapes "
+                         f"{reshaped}); re-export the bundle")
     return config, contract
 
 

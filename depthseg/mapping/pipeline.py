@@ -9,17 +9,21 @@ half-written when the run was killed is simply written again.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Collection
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from depthseg.errors import InputError
 from depthseg.geo import ChunkId
-from depthseg.io.bundle import Bundle, Contract, read_manifest
+from depthseg.io.bundle import Bundle, Contract, verify_bundle
 from depthseg.io.catalog import open_catalog
-from depthseg.io.storage import Storage, join
+from depthseg.io.storage import Storage, join, scheme_of
 from depthseg.mapping.finalize import finalize
 from depthseg.mapping.plan import MapRequest, Plan, make_plan
 from depthseg.mapping.report import RunReport
@@ -127,11 +131,44 @@ def _eta(elapsed: float, finished: int, total: int) -> str:
     return f" ETA {hours}h{rest // 60:02d}m" if hours else f" ETA {rest // 60}m{rest % 60:02d}s"
 
 
+def check_output(out: str, storage: Storage) -> None:
+    """Refuse an output location that cannot hold a run, before any work starts."""
+    if scheme_of(out) in ("", "file"):
+        path = Path(out.removeprefix("file://"))
+        if path.exists() and not path.is_dir():
+            raise InputError(f"--out {out!r} is a file; give a folder (it is created if missing)")
+        parent = path
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise InputError(f"--out {out!r} lies under {str(parent)!r}, which is a file; give a "
+                             "folder path")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise InputError(f"--out {out!r}: {str(parent)!r} is not writable; give a folder "
+                             "you can write to")
+        return
+    fs, path = storage.fs(out)
+    bucket = path.split("/", 1)[0]
+    try:
+        found = fs.exists(bucket)
+    except (OSError, PermissionError) as err:
+        raise InputError(f"--out {out!r}: cannot reach bucket {bucket!r} ({err}); check the "
+                         "endpoint and credentials") from err
+    if not found:
+        raise InputError(f"--out {out!r}: bucket {bucket!r} does not exist (or these credentials "
+                         "cannot see it); create it or fix --out")
+
+
 def map_region(request: MapRequest, storage: Storage | None = None,
                bundle: Bundle | None = None, log: Callable[[str], None] | None = None,
                cogs_ready: Collection[ChunkId] = (),
+               start_ray: Callable[[], int | None] | None = None,
                ) -> RunReport:
     """Map a region: plan, predict every chunk with imagery, write the mosaics, finalise.
+
+    Every input is checked before Ray starts or anything is written: the bundle (manifest and
+    weights header), the output location, the imagery against the bundle's contract, the
+    bbox, bands, resolution and tiles.
 
     Args:
         request: The run's options.
@@ -140,6 +177,8 @@ def map_region(request: MapRequest, storage: Storage | None = None,
         log: Where progress lines go (default: stderr).
         cogs_ready: Done chunks whose COGs are already in ``request.out`` (an incremental run
             copied them); the finaliser does not encode them again.
+        start_ray: Called once the inputs are checked, before the Ray stream (the CLI starts or
+            joins Ray here); it may return the number of GPUs to use (for ``--gpus`` unset).
 
     Returns:
         The run report (also written to ``<out>/run.json``); ``report.failed`` lists chunks
@@ -150,12 +189,20 @@ def map_region(request: MapRequest, storage: Storage | None = None,
     """
     storage = storage or Storage()
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    report = RunReport(request=request)
     started = time.perf_counter()
-    contract = bundle.contract if bundle is not None else read_manifest(request.model, storage)[1]
+    contract = bundle.contract if bundle is not None else verify_bundle(request.model,
+                                                                        storage)[1]
+    check_output(request.out, storage)
     catalog = open_catalog(request.imagery, storage, asset=request.stac_asset)
-    catalog.resampling = request.resampling
     plan = make_plan(request, catalog, contract)
+    catalog.resampling = plan.resampling
+    for note in plan.notes:
+        log(note)
+    if start_ray is not None and request.executor == "ray":
+        gpus = start_ray()
+        if gpus is not None:
+            request = replace(request, gpus=gpus)
+    report = RunReport(request=request, notes=list(plan.notes))
     mosaic = Mosaic(request.out, storage)
     already = _start_output(request, plan, storage, mosaic, mosaic_attrs(request, contract))
     todo = [c for c in plan.chunks if c not in already]
@@ -166,7 +213,9 @@ def map_region(request: MapRequest, storage: Storage | None = None,
         f"without, {len(already)} already done, {len(todo)} to map")
 
     ctx = ChunkContext(catalog=catalog, grid=plan.grid, tiles=plan.tiles, bands=plan.bands,
-                       out=request.out, storage=storage)
+                       out=request.out, storage=storage, scale=plan.scale,
+                       dtype=contract.input_dtype, value_range=contract.value_range)
+    shown: set[str] = set()
 
     def on_result(row: dict[str, Any]) -> None:
         if not report.finished:  # start-up: workers, model load, first read and predict
@@ -177,26 +226,37 @@ def map_region(request: MapRequest, storage: Storage | None = None,
             f"{_eta(time.perf_counter() - map_start, report.finished, len(todo))}] chunk "
             f"{row['chunk']} {state} (read {row['read_s']:.1f}s, predict "
             f"{row['predict_s']:.1f}s, write {row['write_s']:.1f}s)")
+        if row.get("detail") and row["error"] not in shown:  # a bug: its traceback, once
+            shown.add(str(row["error"]))
+            log(str(row["detail"]))
 
     map_start = time.perf_counter()
-    if todo:
-        if request.executor == "ray":
-            _ray_stream(ctx, todo, request, bundle, on_result)
-        else:
-            predictor = ChunkPredictActor(ctx, request.model, bundle, request.gpus,
-                                          request.batch_size, compile_model=request.compile)
-            run_local(ctx, todo, predictor, on_result)
-    report.seconds["map"] = time.perf_counter() - map_start
+    try:
+        if todo:
+            if request.executor == "ray":
+                _ray_stream(ctx, todo, request, bundle, on_result)
+            else:
+                predictor = ChunkPredictActor(ctx, request.model, bundle, request.gpus,
+                                              request.batch_size, compile_model=request.compile)
+                run_local(ctx, todo, predictor, on_result)
+        report.seconds["map"] = time.perf_counter() - map_start
 
-    final_start = time.perf_counter()
-    done = sorted(mosaic.done_chunks() & set(plan.chunks))
-    ready = set(cogs_ready) & set(done)
-    report.valid_pixels = finalize(request.out, storage, plan, mosaic, done, contract,
-                                   catalog, cogs_ready=ready)
-    report.cogs_reused = len(ready)
-    report.seconds["finalise"] = time.perf_counter() - final_start
+        final_start = time.perf_counter()
+        done = sorted(mosaic.done_chunks() & set(plan.chunks))
+        ready = set(cogs_ready) & set(done)
+        report.valid_pixels = finalize(request.out, storage, plan, mosaic, done, contract,
+                                       catalog, cogs_ready=ready)
+        report.cogs_reused = len(ready)
+        report.seconds["finalise"] = time.perf_counter() - final_start
+        report.done = len(done)
+    except Exception:
+        # The run stops: say why in run.json (with the traceback), then let the caller see it.
+        report.error = traceback.format_exc().rstrip()
+        report.seconds["total"] = time.perf_counter() - started
+        with contextlib.suppress(Exception):
+            storage.write_bytes_atomic(join(request.out, "run.json"), report.to_json())
+        raise
     report.seconds["total"] = time.perf_counter() - started
-    report.done = len(done)
     storage.write_bytes_atomic(join(request.out, "run.json"), report.to_json())
     log(report.summary())
     return report

@@ -8,17 +8,31 @@ keeps the chunks whose interior meets a scene footprint.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pyproj import CRS as ProjCRS
 
 from depthseg.errors import InputError
-from depthseg.geo import ChunkId, OutputGrid, TileSpec, plan_grid
+from depthseg.geo import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_OVERLAP,
+    ChunkId,
+    OutputGrid,
+    TileSpec,
+    pixel_phase,
+    plan_grid,
+)
 from depthseg.io.bundle import Contract
-from depthseg.io.catalog import RESAMPLING, Catalog
+from depthseg.io.catalog import Catalog
+from depthseg.io.warp import check_resampling
 
 PLAN_FORMAT = "depthseg-map-plan"
+#: Imagery within this factor of the bundle's ground resolution is mapped at its own.
+MAX_GSD_RATIO = 1.25
+#: Beyond this factor the default refuses to resample (the user can still ask for it).
+MAX_RESAMPLE_RATIO = 4.0
 
 
 @dataclass(frozen=True)
@@ -33,10 +47,12 @@ class MapRequest:
         bbox_crs: CRS of the bbox.
         crs: Output CRS, or ``"auto"``: the imagery's CRS when it is one projected metric CRS,
             else the UTM zone of the bbox centre.
-        resolution: Output pixel size in metres; None takes the imagery's finest.
+        resolution: Output pixel size in metres; ``None``: the imagery's, or the bundle's
+            ground resolution when the imagery differs from it by more than 25 %;
+            ``"native"``: the imagery's whatever the bundle says.
         chunk_size: Chunk side in pixels.
-        tile: Model tile side in pixels.
-        overlap: Tile overlap in pixels (also the halo).
+        tile: Model tile side in pixels; None: the bundle's tile size.
+        overlap: Tile overlap in pixels (also the halo); None: 64, at most a quarter tile.
         batch_size: Tiles per forward pass.
         gpus: GPUs to use (one predict actor each); 0 runs CPU actors.
         cpu_actors: Predict actors when there is no GPU.
@@ -45,11 +61,18 @@ class MapRequest:
         executor: ``"ray"`` (Ray Data stream) or ``"local"`` (one process, for debugging).
         resampling: How scenes in another CRS or resolution are warped onto the output grid
             (``nearest``, ``bilinear``, ``cubic``, ``cubic_spline``, ``lanczos``,
-            ``average``); scenes already on the grid are copied as they are.
+            ``average``); scenes already on the grid are copied as they are. None: what the
+            bundle's training used.
         compile: ``torch.compile`` the model in every predict actor.
         write_stage: Where chunks are written: ``"separate"`` (Ray Data write tasks after the
             predict actors), ``"actor"`` (by the predict actor), or ``"auto"``: separate with
             GPUs, in the actor on CPU-only runs.
+        bands: Imagery bands feeding the model's channels, in channel order: 1-based indices
+            or band names (descriptions); None: by the bundle's contract (see
+            :func:`resolve_bands`).
+        scale: Multiply pixels by this before the model (e.g. float reflectance -> the
+            bundle's integers); None: pixels go in as they are.
+        offset: Add this after ``scale``.
     """
 
     bbox: tuple[float, float, float, float]
@@ -58,32 +81,41 @@ class MapRequest:
     out: str
     bbox_crs: str = "EPSG:4326"
     crs: str = "auto"
-    resolution: float | None = None
-    chunk_size: int = 2048
-    tile: int = 518
-    overlap: int = 64
+    resolution: float | str | None = None
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    tile: int | None = None
+    overlap: int | None = None
     batch_size: int = 8
     gpus: int = 0
     cpu_actors: int = 1
     resume: bool = False
     stac_asset: str = "image"
     executor: str = "ray"
-    resampling: str = "nearest"
+    resampling: str | None = None
     compile: bool = False
     write_stage: str = "auto"
+    bands: tuple[str, ...] | None = None
+    scale: float | None = None
+    offset: float = 0.0
 
     def __post_init__(self) -> None:
         if self.write_stage not in ("auto", "separate", "actor"):
             raise InputError(f"write stage {self.write_stage!r} is not known; give 'auto', "
                              "'separate' or 'actor'")
-        if self.resampling not in RESAMPLING:
-            raise InputError(f"resampling {self.resampling!r} is not known; give one of "
-                             f"{', '.join(RESAMPLING)}")
+        if self.resampling is not None:
+            check_resampling(self.resampling)
         if self.executor not in ("ray", "local"):
             raise InputError(f"executor {self.executor!r} is not known; give 'ray' or 'local'")
         if self.gpus < 0 or self.cpu_actors < 1:
             raise InputError(f"gpus {self.gpus} / cpu_actors {self.cpu_actors} invalid; give "
                              "gpus >= 0 and cpu_actors >= 1")
+        if isinstance(self.resolution, str) and self.resolution != "native":
+            raise InputError(f"--resolution {self.resolution!r} is not a number of metres or "
+                             "'native'; give e.g. --resolution 0.8")
+        if self.scale is not None and not (math.isfinite(self.scale) and self.scale != 0):
+            raise InputError(f"--scale {self.scale} must be a finite non-zero number, e.g. 10000")
+        if not math.isfinite(self.offset):
+            raise InputError(f"--offset {self.offset} must be a finite number")
 
 
 @dataclass
@@ -98,6 +130,8 @@ class Plan:
         bands: 1-based imagery bands in model channel order.
         bbox: The request's bbox and its CRS.
         resampling: How scenes are warped onto the grid.
+        scale: ``(scale, offset)`` applied to pixels before the model, or None.
+        notes: What the planner decided for the user (band matching, resolution, phase).
     """
 
     grid: OutputGrid
@@ -107,14 +141,23 @@ class Plan:
     bands: tuple[int, ...]
     bbox: dict[str, Any] = field(default_factory=dict)
     resampling: str = "nearest"
+    scale: tuple[float, float] | None = None
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, written to ``plan.json``."""
-        return {"format": PLAN_FORMAT, "grid": asdict(self.grid),
+        grid = asdict(self.grid)
+        if not (self.grid.phase_x or self.grid.phase_y):  # plans from before phases hash alike
+            grid.pop("phase_x")
+            grid.pop("phase_y")
+        data = {"format": PLAN_FORMAT, "grid": grid,
                 "transform": list(self.grid.transform)[:6], "bbox": self.bbox,
                 "tiles": asdict(self.tiles), "bands": list(self.bands),
                 "chunks": [c.key for c in self.chunks], "skipped": self.skipped,
                 "resampling": self.resampling}
+        if self.scale is not None:
+            data["scale"] = list(self.scale)
+        return data
 
     def to_json(self) -> bytes:
         """Deterministic JSON bytes (a resumed run compares them with the stored plan)."""
@@ -134,46 +177,209 @@ def output_crs(request: MapRequest, catalog: Catalog) -> str:
     return "auto"
 
 
-def output_resolution(request: MapRequest, catalog: Catalog, crs: str) -> float:
-    """The output pixel size: as asked, else the finest scene pixel in a metric CRS."""
-    if request.resolution is not None:
-        return float(request.resolution)
-    sizes = [abs(s.transform[0]) for s in catalog.scenes
-             if ProjCRS.from_user_input(s.crs).is_projected]
+def _ratio(a: float, b: float) -> float:
+    return max(a, b) / min(a, b)
+
+
+def native_resolution(catalog: Catalog, crs: str) -> float:
+    """The finest scene pixel in metres: exact in the output CRS, else measured on the ground."""
+    target = ProjCRS.from_user_input(crs)
+    exact = [s.resolution for s in catalog.scenes if ProjCRS.from_user_input(s.crs) == target]
+    if exact:
+        return round(min(exact), 6)
+    sizes = [g for g in (s.gsd() for s in catalog.scenes) if g]
     if not sizes:
-        raise InputError(f"imagery {catalog.source!r} is not in a projected CRS, so its "
-                         "resolution in metres is unknown; pass --resolution R")
-    return round(min(sizes), 6)
+        raise InputError(f"the resolution of imagery {catalog.source!r} in metres is unknown; "
+                         "pass --resolution R")
+    return round(min(sizes), 3)
 
 
-def check_contract(catalog: Catalog, contract: Contract) -> None:
-    """Refuse imagery that breaks the bundle's contract (bands, dtype)."""
-    needed = max(contract.band_indices)
-    if catalog.count < needed:
+def output_resolution(request: MapRequest, catalog: Catalog, crs: str, contract: Contract,
+                      notes: list[str]) -> float:
+    """The output pixel size in metres (see :attr:`MapRequest.resolution`)."""
+    if isinstance(request.resolution, (int, float)):
+        resolution = float(request.resolution)
+        if contract.gsd and _ratio(resolution, contract.gsd) > MAX_GSD_RATIO:
+            notes.append(f"warning: mapping at {resolution:g} m, but the model was trained at "
+                         f"{contract.gsd:g} m: objects will look {contract.gsd / resolution:.2g}x"
+                         " their trained size")
+        return resolution
+    native = native_resolution(catalog, crs)
+    if contract.gsd is None:
+        notes.append(f"resolution: {native:g} m (the imagery's; the model bundle does not record "
+                     "the ground resolution it was trained at)")
+        return native
+    ratio = _ratio(native, contract.gsd)
+    if request.resolution == "native" or ratio <= MAX_GSD_RATIO:
+        if ratio > MAX_GSD_RATIO:
+            notes.append(f"warning: mapping at the imagery's {native:g} m (--resolution native), "
+                         f"but the model was trained at {contract.gsd:g} m: objects will look "
+                         f"{contract.gsd / native:.2g}x their trained size")
+        return native
+    if ratio > MAX_RESAMPLE_RATIO:
+        raise InputError(
+            f"imagery {catalog.source!r} is {native:g} m per pixel but the model was trained at "
+            f"{contract.gsd:g} m ({ratio:.0f}x apart): resampling cannot add or keep that "
+            "detail; use a model trained near this resolution, or pass --resolution native (or "
+            "--resolution R) to map anyway")
+    method = request.resampling or contract.resampling
+    notes.append(f"resolution: {contract.gsd:g} m, the model's training resolution (the imagery "
+                 f"is {native:g} m, {ratio:.2g}x apart; resampled {method}; --resolution native "
+                 f"keeps {native:g} m)")
+    return float(contract.gsd)
+
+
+def grid_phase(catalog: Catalog, crs: str, resolution: float, notes: list[str],
+               ) -> tuple[float, float]:
+    """The pixel phase of the imagery on the output grid (most scenes' phase), or (0, 0)."""
+    target = ProjCRS.from_user_input(crs)
+    phases: dict[tuple[float, float], int] = {}
+    for scene in catalog.scenes:
+        a, b, _, d, e, _ = scene.transform[:6]
+        if b or d or not math.isclose(a, resolution, rel_tol=1e-9) or not math.isclose(
+                -e, resolution, rel_tol=1e-9):
+            continue
+        if ProjCRS.from_user_input(scene.crs) != target:
+            continue
+        phase = pixel_phase(scene.transform, resolution)
+        phases[phase] = phases.get(phase, 0) + 1
+    if not phases:
+        return 0.0, 0.0
+    chosen = max(phases, key=lambda p: phases[p])
+    if len(phases) > 1:
+        notes.append(f"warning: the scenes sit on {len(phases)} different pixel phases; the grid "
+                     f"follows the most common ({chosen[0]:g}, {chosen[1]:g}) m and the others "
+                     "are resampled")
+    return chosen
+
+
+def _band_key(name: str) -> str:
+    return name.strip().lower()
+
+
+def resolve_bands(request: MapRequest, catalog: Catalog, contract: Contract,
+                  notes: list[str]) -> tuple[int, ...]:
+    """Which imagery bands feed the model's channels, by meaning where the files say it.
+
+    - ``--bands`` given: each token is a 1-based index or a band name (the imagery's
+      description, case-insensitive); the user's choice stands.
+    - Otherwise, when the imagery and the bundle both describe their bands: by name; a band
+      the imagery does not have is an error that names both lists.
+    - Otherwise by position (the bundle's band indices), and only when the imagery has as
+      many bands as the training imagery had.
+    """
+    described = catalog.band_names
+    channels = contract.band_names
+    wanted = contract.band_descriptions or ("",) * len(channels)
+    if request.bands is not None:
+        if len(request.bands) != len(channels):
+            raise InputError(f"--bands {' '.join(request.bands)} names {len(request.bands)} bands "
+                             f"but the model takes {len(channels)} ({', '.join(channels)}); give "
+                             "one imagery band per model channel, in that order")
+        chosen = []
+        for token in request.bands:
+            if token.isdigit():
+                index = int(token)
+                if not 1 <= index <= catalog.count:
+                    raise InputError(f"--bands {token}: the imagery has bands 1..{catalog.count}")
+                chosen.append(index)
+                continue
+            hits = [k + 1 for k, d in enumerate(described) if d and _band_key(d) ==
+                    _band_key(token)]
+            if len(hits) != 1:
+                raise InputError(f"--bands {token!r} is not {'one' if hits else 'a'} band name "
+                                 f"of the imagery (its bands: {list(described)}); give a "
+                                 "1-based index or one of those names")
+            chosen.append(hits[0])
+        bands = tuple(chosen)
+        notes.append("bands: " + ", ".join(
+            f"imagery band {b}{f' ({described[b - 1]})' if described[b - 1] else ''} -> "
+            f"{c}" for b, c in zip(bands, channels, strict=True)))
+        return bands
+    if any(described) and all(wanted):
+        keys = [_band_key(d) for d in described]
+        missing = [w for w in wanted if keys.count(_band_key(w)) != 1]
+        if missing:
+            raise InputError(
+                f"imagery {catalog.source!r} describes its bands as {list(described)} but the "
+                f"model reads {list(wanted)} (its training bands {list(contract.band_indices)});"
+                f" {missing} not found; pass --bands to say which imagery bands feed "
+                f"{', '.join(channels)}, e.g. --bands {' '.join(map(str, contract.band_indices))}")
+        bands = tuple(keys.index(_band_key(w)) + 1 for w in wanted)
+        if bands != contract.band_indices:
+            notes.append(f"bands: by name, imagery bands {list(bands)} -> "
+                         f"{', '.join(channels)}")
+        return bands
+    if contract.source_bands and catalog.count != contract.source_bands:
+        raise InputError(
+            f"imagery {catalog.source!r} has {catalog.count} bands but the model was trained on "
+            f"{contract.source_bands}-band imagery, reading bands "
+            f"{list(contract.band_indices)} as {', '.join(channels)}, and the bands carry no "
+            "names to match; pass --bands with the imagery bands that hold "
+            f"{', '.join(channels)}, in that order")
+    bands = tuple(contract.band_indices)
+    if max(bands) > catalog.count:
         raise InputError(
             f"imagery {catalog.source!r} has {catalog.count} bands but the model bundle reads "
-            f"bands {contract.band_indices} ({', '.join(contract.band_names)}); give imagery "
-            f"with at least {needed} bands or a bundle trained on {catalog.count}-band input")
+            f"bands {list(bands)} ({', '.join(channels)}); give imagery with at least "
+            f"{max(bands)} bands, or --bands")
+    return bands
+
+
+def pixel_scaling(request: MapRequest, catalog: Catalog, contract: Contract,
+                  ) -> tuple[float, float] | None:
+    """``(scale, offset)`` to apply before the model, refusing silent dtype changes."""
+    if request.scale is not None:
+        return float(request.scale), float(request.offset)
+    if request.offset:
+        return 1.0, float(request.offset)
     if catalog.dtype != contract.input_dtype:
+        hint = (" (e.g. --scale 10000 for 0-1 reflectance)" if "float" in catalog.dtype else "")
         raise InputError(
-            f"imagery {catalog.source!r} is {catalog.dtype} but the model bundle expects "
-            f"{contract.input_dtype}; give {contract.input_dtype} imagery or a matching bundle")
+            f"imagery {catalog.source!r} is {catalog.dtype} but the model bundle was trained on "
+            f"{contract.input_dtype} values {contract.value_range[0]:g}.."
+            f"{contract.value_range[1]:g}; give {contract.input_dtype} imagery, or pass --scale "
+            f"and --offset to convert (value * scale + offset){hint}")
+    return None
+
+
+def tile_spec(request: MapRequest, contract: Contract, notes: list[str]) -> TileSpec:
+    """Tile size (the bundle's by default) and overlap, with a sanity check of the overlap."""
+    tile = request.tile or contract.tile_size
+    overlap = request.overlap if request.overlap is not None else min(DEFAULT_OVERLAP, tile // 4)
+    spec = TileSpec(tile=tile, overlap=overlap)
+    factor = (tile / spec.stride) ** 2
+    if 2 * overlap > tile:
+        raise InputError(f"--overlap {overlap} is more than half the tile {tile}: every pixel "
+                         f"would be predicted about {factor:.0f} times; give an overlap of at most "
+                         f"a quarter tile, e.g. --overlap {min(DEFAULT_OVERLAP, tile // 4)}")
+    if 4 * overlap > tile:
+        notes.append(f"warning: --overlap {overlap} with --tile {tile} predicts every pixel "
+                     f"about {factor:.1f} times; a quarter tile or less is usually enough")
+    if request.tile and contract.tile_size and request.tile != contract.tile_size:
+        notes.append(f"tile: {request.tile} px (the model was trained on "
+                     f"{contract.tile_size} px chips)")
+    return spec
 
 
 def make_plan(request: MapRequest, catalog: Catalog, contract: Contract) -> Plan:
-    """Check the inputs and derive grid and chunks.
+    """Check the inputs and derive grid, chunks, bands, tiles and pixel scaling.
 
     Raises:
         InputError: A bad bbox, imagery that breaks the contract, or a bbox without imagery.
     """
-    check_contract(catalog, contract)
+    notes: list[str] = []
+    bands = resolve_bands(request, catalog, contract, notes)
+    scale = pixel_scaling(request, catalog, contract)
+    tiles = tile_spec(request, contract, notes)
+    resampling = request.resampling or contract.resampling
     crs = output_crs(request, catalog)
     if crs == "auto":
         grid = plan_grid(request.bbox, request.bbox_crs, "auto", 1.0, request.chunk_size)
         crs = grid.crs
-    resolution = output_resolution(request, catalog, crs)
-    grid = plan_grid(request.bbox, request.bbox_crs, crs, resolution, request.chunk_size)
-    tiles = TileSpec(tile=request.tile, overlap=request.overlap)
+    resolution = output_resolution(request, catalog, crs, contract, notes)
+    phase = grid_phase(catalog, crs, resolution, notes)
+    grid = plan_grid(request.bbox, request.bbox_crs, crs, resolution, request.chunk_size, phase)
     chunks = grid.chunks_intersecting(catalog.footprints(grid.crs))
     if not chunks:
         bounds = _union_bounds(catalog, grid.crs)
@@ -182,9 +388,8 @@ def make_plan(request: MapRequest, catalog: Catalog, contract: Contract) -> Plan
             f"{catalog.source!r} (its bounds in {grid.crs}: {bounds}); give a bbox that "
             "overlaps the imagery")
     return Plan(grid=grid, chunks=chunks, skipped=len(grid.chunks()) - len(chunks), tiles=tiles,
-                bands=tuple(contract.band_indices),
-                bbox={"bbox": list(request.bbox), "crs": request.bbox_crs},
-                resampling=request.resampling)
+                bands=bands, bbox={"bbox": list(request.bbox), "crs": request.bbox_crs},
+                resampling=resampling, scale=scale, notes=notes)
 
 
 def _union_bounds(catalog: Catalog, crs: str) -> tuple[float, ...]:

@@ -25,6 +25,10 @@ class RunReport:
         done: Chunks with a done marker at the end.
         finished: Chunk results received by this run (done + failed).
         failed: ``{chunk key: error}`` of chunks that could not be mapped.
+        tracebacks: ``{chunk key: traceback}`` of chunks that failed unexpectedly (bugs,
+            not bad input).
+        notes: What the planner decided for the user (bands, resolution, phase, warnings).
+        error: The traceback of an error that stopped the whole run, or None.
         seconds: Wall seconds per phase (plan, map, finalise, total) and summed per stage
             (read, predict, write; these overlap in time across workers).
         valid_pixels: Mapped pixels with imagery (for km2).
@@ -40,6 +44,9 @@ class RunReport:
     done: int = 0
     finished: int = 0
     failed: dict[str, str] = field(default_factory=dict)
+    tracebacks: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
     seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "predict": 0.0,
                                                               "write": 0.0})
     valid_pixels: int = 0
@@ -57,6 +64,8 @@ class RunReport:
         self.finished += 1
         if row["error"]:
             self.failed[str(row["chunk"])] = str(row["error"])
+            if row.get("detail"):
+                self.tracebacks[str(row["chunk"])] = str(row["detail"])
         for stage in ("read", "predict", "write"):
             self.seconds[stage] += float(row[f"{stage}_s"])
 
@@ -69,7 +78,7 @@ class RunReport:
     @property
     def ok(self) -> bool:
         """True when every planned chunk is done."""
-        return not self.failed and self.done == self.planned
+        return not self.failed and self.error is None and self.done == self.planned
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready report."""
@@ -86,7 +95,11 @@ class RunReport:
             "chunks": {"planned": self.planned, "done": self.done, "skipped": self.skipped,
                        "already_done": self.already_done, "mapped_this_run": self.todo,
                        "failed": len(self.failed)},
-            "failed_chunks": [{"chunk": k, "error": v} for k, v in sorted(self.failed.items())],
+            "failed_chunks": [{"chunk": k, "error": v,
+                               **({"traceback": self.tracebacks[k]} if k in self.tracebacks
+                                  else {})} for k, v in sorted(self.failed.items())],
+            "notes": self.notes,
+            "error": self.error,
             "cogs": {"encoded": self.done - self.cogs_reused, "reused": self.cogs_reused},
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "km2_mapped": round(self.km2, 6),

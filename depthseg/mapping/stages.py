@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,9 @@ class ChunkContext:
         bands: 1-based imagery bands in model channel order.
         out: Output URI.
         storage: Storage settings.
+        scale: ``(scale, offset)`` applied to pixels before the model, or None.
+        dtype: The dtype the model bundle takes (pixels are converted to it after scaling).
+        value_range: The bundle's valid pixel range (scaled pixels are clipped to it).
     """
 
     catalog: Catalog
@@ -46,18 +50,40 @@ class ChunkContext:
     bands: tuple[int, ...]
     out: str
     storage: Storage
+    scale: tuple[float, float] | None = None
+    dtype: str | None = None
+    value_range: tuple[float, float] = (0.0, 65535.0)
+
+    @property
+    def pixel_dtype(self) -> str:
+        """The dtype of the pixels handed to the model."""
+        return self.dtype or self.catalog.dtype
 
 
 def read_chunk(ctx: ChunkContext, chunk: ChunkId) -> tuple[np.ndarray, np.ndarray]:
     """Chunk + halo pixels (band, row, col) and valid mask (row, col), composited, once."""
     window = chunk_read_window(ctx.grid.chunk_window(chunk), ctx.tiles.halo_px)
-    return ctx.catalog.read(ctx.grid.crs, ctx.grid.window_transform(window), window.height,
-                            window.width, ctx.bands)
+    pixels, valid = ctx.catalog.read(ctx.grid.crs, ctx.grid.window_transform(window),
+                                     window.height, window.width, ctx.bands)
+    if ctx.scale is not None:
+        scale, offset = ctx.scale
+        scaled = pixels.astype(np.float32) * np.float32(scale) + np.float32(offset)
+        low, high = ctx.value_range
+        pixels = np.clip(np.rint(scaled), low, high).astype(ctx.pixel_dtype)
+        pixels[:, ~valid] = 0
+    return pixels, valid
 
 
 def _error_text(err: BaseException) -> str:
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
     return text if isinstance(err, DepthSegError) else f"{type(err).__name__}: {text}"
+
+
+def _error_detail(err: BaseException) -> str:
+    """The traceback of an unexpected error ("" for expected ones: their line says it all)."""
+    if isinstance(err, DepthSegError):
+        return ""
+    return "".join(traceback.format_exception(err)).rstrip()
 
 
 def read_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, Any]:
@@ -66,21 +92,23 @@ def read_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, Any
     window = chunk_read_window(ctx.grid.chunk_window(ChunkId.parse(keys[0])),
                                ctx.tiles.halo_px)
     shape = (len(ctx.bands), window.height, window.width)
-    pixels, valid, errors, seconds = [], [], [], []
+    pixels, valid, errors, details, seconds = [], [], [], [], []
     for key in keys:
         start = time.perf_counter()
         try:
             chunk_pixels, chunk_valid = read_chunk(ctx, ChunkId.parse(key))
             errors.append("")
+            details.append("")
         except Exception as err:  # noqa: BLE001 - a bad scene fails its chunk, not the run
-            chunk_pixels = np.zeros(shape, dtype=ctx.catalog.dtype)
+            chunk_pixels = np.zeros(shape, dtype=ctx.pixel_dtype)
             chunk_valid = np.zeros(shape[1:], dtype=bool)
             errors.append(_error_text(err))
+            details.append(_error_detail(err))
         pixels.append(chunk_pixels)
         valid.append(chunk_valid)
         seconds.append(time.perf_counter() - start)
     return {"chunk": np.array(keys), "pixels": np.stack(pixels), "valid": np.stack(valid),
-            "error": np.array(errors), "read_s": np.array(seconds)}
+            "error": np.array(errors), "detail": np.array(details), "read_s": np.array(seconds)}
 
 
 class ChunkPredictActor:
@@ -128,9 +156,9 @@ class ChunkPredictActor:
         """Ray Data actor call: read rows -> predicted rows (encoded layers, no input pixels)."""
         size = self.ctx.grid.chunk_size
         out: dict[str, list[Any]] = {name: [] for name in (
-            "chunk", "error", "read_s", "predict_s", *LAYERS)}
+            "chunk", "error", "detail", "read_s", "predict_s", *LAYERS)}
         for i, key in enumerate(batch["chunk"]):
-            error, seconds = str(batch["error"][i]), 0.0
+            error, detail, seconds = str(batch["error"][i]), str(batch["detail"][i]), 0.0
             prediction = None
             if not error:
                 start = time.perf_counter()
@@ -138,12 +166,12 @@ class ChunkPredictActor:
                     prediction = self.predictor.predict_chunk(batch["pixels"][i],
                                                               batch["valid"][i])
                 except Exception as err:  # noqa: BLE001 - fail the chunk, keep the run
-                    error = _error_text(err)
+                    error, detail = _error_text(err), _error_detail(err)
                 seconds = time.perf_counter() - start
             for name, spec in LAYERS.items():
                 out[name].append(getattr(prediction, name) if prediction is not None else
                                  np.full((size, size), spec["fill_value"], spec["dtype"]))
-            for name, value in (("chunk", str(key)), ("error", error),
+            for name, value in (("chunk", str(key)), ("error", error), ("detail", detail),
                                 ("read_s", float(batch["read_s"][i])), ("predict_s", seconds)):
                 out[name].append(value)
         rows = {name: np.stack(v) if name in LAYERS else np.array(v) for name, v in out.items()}
@@ -156,19 +184,19 @@ def write_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, np
     Only chunk keys, errors and timings leave this stage.
     """
     mosaic = Mosaic(ctx.out, ctx.storage)
-    results: dict[str, list[Any]] = {"chunk": [], "error": [], "read_s": [], "predict_s": [],
-                                     "write_s": []}
+    results: dict[str, list[Any]] = {"chunk": [], "error": [], "detail": [], "read_s": [],
+                                     "predict_s": [], "write_s": []}
     for i, key in enumerate(batch["chunk"]):
-        error, seconds = str(batch["error"][i]), 0.0
+        error, detail, seconds = str(batch["error"][i]), str(batch["detail"][i]), 0.0
         if not error:
             start = time.perf_counter()
             try:
                 mosaic.write_chunk(ctx.grid, ChunkId.parse(str(key)), ChunkPrediction(
                     **{name: batch[name][i] for name in LAYERS}))
             except Exception as err:  # noqa: BLE001 - fail the chunk, keep the run
-                error = _error_text(err)
+                error, detail = _error_text(err), _error_detail(err)
             seconds = time.perf_counter() - start
-        for name, value in (("chunk", str(key)), ("error", error),
+        for name, value in (("chunk", str(key)), ("error", error), ("detail", detail),
                             ("read_s", float(batch["read_s"][i])),
                             ("predict_s", float(batch["predict_s"][i])), ("write_s", seconds)):
             results[name].append(value)

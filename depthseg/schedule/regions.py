@@ -42,18 +42,22 @@ _OPTIONS: dict[str, tuple[str, str, Any]] = {
     "crs": ("crs", "crs_or_auto", "auto"),
     "resolution": ("resolution", "positive_or_null", None),
     "chunk": ("chunk_size", "positive_int", 2048),
-    "tile": ("tile", "positive_int", 518),
-    "overlap": ("overlap", "nonnegative_int", 64),
+    "tile": ("tile", "positive_int_or_null", None),
+    "overlap": ("overlap", "nonnegative_int_or_null", None),
     "batch_size": ("batch_size", "positive_int", 8),
     "gpus": ("gpus", "gpus", None),
     "cpu_actors": ("cpu_actors", "positive_int", 1),
     "stac_asset": ("stac_asset", "text", "image"),
-    "resampling": ("resampling", "text", "nearest"),
+    "resampling": ("resampling", "text_or_null", None),
 }
 _EXPECTED = {
     "crs": "a CRS such as 'EPSG:4326'",
     "crs_or_auto": "'auto' or a CRS such as 'EPSG:32649'",
-    "positive_or_null": "a positive number of metres (or omit it: the imagery's own)",
+    "positive_or_null": "a positive number of metres, or 'native' (or omit it: the imagery's "
+                        "own, or the model's training resolution)",
+    "positive_int_or_null": "a positive integer (or omit it: the model bundle's)",
+    "nonnegative_int_or_null": "an integer >= 0 (or omit it: 64, at most a quarter tile)",
+    "text_or_null": "a non-empty string (or omit it: the model bundle's)",
     "positive_int": "a positive integer",
     "nonnegative_int": "an integer >= 0",
     "gpus": "an integer >= 0 (or omit it: every GPU Ray sees)",
@@ -128,15 +132,18 @@ def _option(where: str, key: str, kind: str, value: Any) -> Any:
             except InputError:
                 bad = True
     elif kind == "positive_or_null":
-        bad = value is not None and not (_number(value) and value > 0)
-        value = None if value is None or bad else float(value)
-    elif kind in ("positive_int", "nonnegative_int", "gpus"):
-        low = 1 if kind == "positive_int" else 0
+        if value != "native":
+            bad = value is not None and not (_number(value) and value > 0)
+            value = None if value is None or bad else float(value)
+    elif kind.removesuffix("_or_null") in ("positive_int", "nonnegative_int", "gpus"):
+        low = 1 if kind.startswith("positive_int") else 0
         bad = isinstance(value, bool) or not isinstance(value, int) or value < low
-        if kind == "gpus" and value is None:
+        if (kind == "gpus" or kind.endswith("_or_null")) and value is None:
             bad = False
-    elif kind == "text":
+    elif kind.removesuffix("_or_null") == "text":
         bad = not isinstance(value, str) or not value
+        if kind.endswith("_or_null") and value is None:
+            bad = False
     if bad:
         raise _fail(where, f"key {key!r} is {value!r}; expected {_EXPECTED[kind]}; fix the value "
                            "or remove the key")

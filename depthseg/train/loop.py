@@ -143,6 +143,8 @@ def contract_from_store(store: ChipStore, config: Config) -> Contract:
         mean=tuple(stats["mean"]), std=tuple(stats["std"]), class_names=schema.class_names,
         palette=schema.palette or tuple((128, 128, 128) for _ in schema.class_names),
         tile_size=max(patch, round(schema.chip_size / patch) * patch), nodata=0,
+        gsd=schema.gsd, band_descriptions=schema.band_descriptions,
+        source_bands=schema.source_bands, resampling=schema.resampling,
     )
 
 

@@ -65,7 +65,7 @@ def test_imagery_with_fewer_bands_than_the_contract(
 def test_imagery_of_the_wrong_dtype(synthetic_region_rgb: Any, bundle_uint16: str,
                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _fails_cleanly(_args(synthetic_region_rgb, bundle_uint16, tmp_path / "o"), tmp_path / "o",
-                   capsys, "expects uint16")
+                   capsys, "trained on uint16")
 
 
 def test_imagery_without_crs(synthetic_region: Any, bundle_uint16: str, tmp_path: Path,

@@ -32,8 +32,9 @@ def chip_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("loop")
     data = make_scenes(root, size=128)
     out = str(root / "store")
-    prepare_chips(PrepareOptions(out=out, scenes=(str(root / "scenes"),), labels=(str(data["labels"]),),
-                                 height=str(data["height"]), chip_size=32, block=1,
+    prepare_chips(PrepareOptions(out=out, scenes=(str(root / "scenes"),),
+                                 labels=(str(data["labels"]),), height=str(data["height"]),
+                                 chip_size=32, block=1,
                                  fractions=(0.6, 0.2, 0.2)), log=lambda *_: None)
     return out
 
