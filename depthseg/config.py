@@ -57,6 +57,13 @@ class Config:
         return cls(model=model, train=train)
 
 
+def explicit_model_keys(path: str | Path) -> set[str]:
+    """The ``model:`` keys a preset file sets itself (the rest take defaults)."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    model = data.get("model") if isinstance(data, dict) else None
+    return set(model) if isinstance(model, dict) else set()
+
+
 def load_config(path: str | Path) -> Config:
     """Read a YAML preset such as ``configs/vitb.yaml``.
 

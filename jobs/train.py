@@ -22,11 +22,12 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from depthseg.config import load_config  # noqa: E402
+from depthseg.config import explicit_model_keys, load_config  # noqa: E402
 from depthseg.errors import DepthSegError  # noqa: E402
+from depthseg.io.chips import ChipStore  # noqa: E402
 from depthseg.io.storage import Storage, join  # noqa: E402
-from depthseg.train.loop import RunSpec  # noqa: E402
-from depthseg.train.ray_train import Scaling, train  # noqa: E402
+from depthseg.train.loop import RunSpec, fit_config_to_store  # noqa: E402
+from depthseg.train.ray_train import Scaling, train, worker_input_error  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,13 +59,17 @@ def main(argv: list[str] | None = None) -> int:
         import ray.train
 
         config = load_config(args.config)
+        storage = Storage.from_env()
+        # Everything the chip store can tell is checked here, before Ray starts: a mismatch
+        # is one line in seconds, not a worker traceback retried max_failures times.
+        config = fit_config_to_store(config, ChipStore.open(args.chips, storage),
+                                     explicit_model_keys(args.config))
         overrides = {k: v for k, v in (("epochs", args.epochs),
                                        ("batch_size", args.batch_size)) if v is not None}
         if overrides:
             config = dataclasses.replace(config, train=dataclasses.replace(config.train,
                                                                            **overrides))
         name = args.name or f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        storage = Storage.from_env()
         spec = RunSpec(config=config, chips=args.chips, run_dir=join(args.storage, name),
                        storage=storage, tensorboard=args.tensorboard)
         # Workers inherit the S3 settings through Storage; Ray itself is set up here only.
@@ -90,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"error: training failed ({first}); see the worker logs above", file=sys.stderr)
         return 1
+    input_error = worker_input_error(spec.run_dir, storage)
+    if input_error is not None:
+        print(f"error: {input_error}", file=sys.stderr)
+        return 2
     if getattr(result, "error", None) is not None:
         print(f"error: training failed: {result.error}", file=sys.stderr)
         return 1

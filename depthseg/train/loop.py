@@ -14,11 +14,12 @@ and report metrics with a checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,43 @@ class Hooks:
         if checkpoint is not None:
             target = join(self.spec.run_dir, f"{CHECKPOINT_PREFIX}{epoch:04d}", STATE_FILE)
             self.spec.storage.upload(Path(checkpoint) / STATE_FILE, target)
+
+
+def fit_config_to_store(config: Config, store: ChipStore,
+                        explicit: Collection[str] = ()) -> Config:
+    """The config with the store's class count, checked against the store before training.
+
+    ``model.num_classes`` comes from the store's class list unless the preset sets it
+    (``explicit``), in which case the two must agree. Everything a worker would otherwise
+    find out minutes later is refused here, in one line: band count, missing statistics,
+    no depth for a model with the depth prompter, no training chips.
+    """
+    schema = store.schema
+    classes = len(schema.class_names)
+    if "num_classes" in explicit and config.model.num_classes != classes:
+        raise InputError(f"chip store {store.uri!r} has {classes} classes "
+                         f"{list(schema.class_names)} but the config sets model.num_classes="
+                         f"{config.model.num_classes}; remove num_classes from the config (it "
+                         "then comes from the store) or prepare the chips with those classes")
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                   num_classes=classes))
+    if schema.bands != config.model.in_channels:
+        raise InputError(f"chip store {store.uri!r} has {schema.bands} bands "
+                         f"{list(schema.band_names)} but model.in_channels="
+                         f"{config.model.in_channels}; prepare the chips with matching --bands "
+                         "or set model.in_channels in the config")
+    if store.stats is None:
+        raise InputError(f"chip store {store.uri!r} has no band statistics; finish preparing it "
+                         "(rerun jobs/prepare.py with the same arguments)")
+    prompter = getattr(config.model, "depth_prompter", False)
+    if prompter and schema.depth_source == "none" and config.train.depth_loss_weight > 0:
+        raise InputError(f"chip store {store.uri!r} holds no depth but the model's depth "
+                         "prompter learns from it; prepare the chips with --teacher or "
+                         "--height, or set model.depth_prompter: false")
+    if not len(store.indices("train")):
+        raise InputError(f"chip store {store.uri!r} has no training chips; prepare it with a "
+                         "train fraction > 0 (--fractions)")
+    return config
 
 
 def contract_from_store(store: ChipStore, config: Config) -> Contract:

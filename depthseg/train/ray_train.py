@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from depthseg.errors import InputError
+from depthseg.errors import DepthSegError, InputError
 from depthseg.io.chips import ChipStore
 from depthseg.io.storage import Storage, join, scheme_of
 from depthseg.train.checkpoint import CHECKPOINT_PREFIX, frozen_names, local_copy
@@ -139,13 +139,34 @@ class RayWorkerFeed(RayFeed):
             yield batch
 
 
+INPUT_ERROR = "input_error.txt"
+
+
 def train_worker(config: dict[str, Any]) -> None:
-    """Ray Train's per-worker function."""
+    """Ray Train's per-worker function.
+
+    An input error (:class:`DepthSegError`) does not get better with retries: the worker
+    writes its one line to ``<run>/input_error.txt`` and ends normally, so Ray does not
+    restart the group, and the driver reports the line (:func:`worker_input_error`).
+    Anything else fails the worker, and Ray restarts it from the latest checkpoint.
+    """
     spec: RunSpec = config["spec"]
     hooks = RayHooks(spec)
     worker_batch = max(1, spec.config.train.batch_size // hooks.world_size)
-    feed = RayWorkerFeed(spec, config["num_train"], worker_batch, hooks.rank, hooks.world_size)
-    fit(spec, feed, hooks)
+    try:
+        feed = RayWorkerFeed(spec, config["num_train"], worker_batch, hooks.rank,
+                             hooks.world_size)
+        fit(spec, feed, hooks)
+    except DepthSegError as err:
+        if hooks.rank == 0:
+            spec.storage.write_bytes_atomic(join(spec.run_dir, INPUT_ERROR),
+                                            str(err).splitlines()[0].encode())
+
+
+def worker_input_error(run_dir: str, storage: Storage) -> str | None:
+    """The input error a worker reported for this run, or None."""
+    uri = join(run_dir, INPUT_ERROR)
+    return storage.read_bytes(uri).decode() if storage.exists(uri) else None
 
 
 def run_exists(run_dir: str, storage: Storage) -> bool:
@@ -179,6 +200,8 @@ def train(spec: RunSpec, name: str, storage_uri: str, scaling: Scaling,
                          "check --name and --storage, or drop --resume to start one")
     store = ChipStore.open(spec.chips, spec.storage)
     num_train = int(len(store.indices("train")))
+    if spec.storage.exists(join(spec.run_dir, INPUT_ERROR)):  # a resumed run tries again
+        spec.storage.fs(spec.run_dir)[0].rm(spec.storage.fs(join(spec.run_dir, INPUT_ERROR))[1])
     storage_path, filesystem = ray_storage(storage_uri, spec.storage)
     trainer = TorchTrainer(
         train_worker,
