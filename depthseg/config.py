@@ -8,6 +8,7 @@ the encoder (8 / 4 / 2 for S / B / L). Unknown keys are errors that name the key
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,14 +58,52 @@ class Config:
         return cls(model=model, train=train)
 
 
-def explicit_model_keys(path: str | Path) -> set[str]:
-    """The ``model:`` keys a preset file sets itself (the rest take defaults)."""
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["train.lr=3e-4", "model.depth_prompter=false"]`` -> ``{"train.lr": 0.0003, ...}``.
+
+    Values are read as YAML scalars/lists (``false``, ``3e-4``, ``[1, 2]``).
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) < 2 or parts[0] not in SECTIONS or not all(parts):
+            raise InputError(f"--set {item!r} is not SECTION.KEY=VALUE; give e.g. "
+                             "--set train.lr=3e-4 or --set model.depth_prompter=false")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        if isinstance(value, str) and re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", value):
+            value = float(value)  # YAML 1.1 reads 3e-4 as text
+        out[key.strip()] = value
+    return out
+
+
+def _apply(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    for dotted, value in overrides.items():
+        node = data
+        *path, last = dotted.split(".")
+        for part in path:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise InputError(f"--set {dotted}: {part!r} is not a section")
+            node = child
+        node[last] = value
+    return data
+
+
+def explicit_model_keys(path: str | Path, overrides: dict[str, Any] | None = None) -> set[str]:
+    """The ``model:`` keys a preset file (or ``--set``) sets itself; the rest take defaults."""
     data = yaml.safe_load(Path(path).read_text()) or {}
     model = data.get("model") if isinstance(data, dict) else None
-    return set(model) if isinstance(model, dict) else set()
+    keys = set(model) if isinstance(model, dict) else set()
+    return keys | {k.split(".")[1] for k in (overrides or {}) if k.startswith("model.")}
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Read a YAML preset such as ``configs/vitb.yaml``.
 
     Raises:
@@ -82,10 +121,13 @@ def load_config(path: str | Path) -> Config:
     except yaml.YAMLError as err:
         first = str(err).replace("\n", " ")
         raise InputError(f"config file {str(path)!r} is not valid YAML ({first})") from None
+    if overrides:
+        data = _apply(data if isinstance(data, dict) else {}, overrides)
     try:
         return Config.from_dict(data)
     except InputError as err:
-        raise InputError(f"{path}: {err}") from None
+        where = f"{path} with --set {', '.join(overrides)}" if overrides else str(path)
+        raise InputError(f"{where}: {err}") from None
 
 
 def dump_config(cfg: Config, path: str | Path | None = None) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from depthseg.config import explicit_model_keys, load_config  # noqa: E402
+from depthseg.config import explicit_model_keys, load_config, parse_overrides  # noqa: E402
 from depthseg.errors import DepthSegError  # noqa: E402
 from depthseg.io.chips import ChipStore  # noqa: E402
 from depthseg.io.storage import Storage, join  # noqa: E402
@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="training workers (default: 1; with --gpu: one per GPU of the cluster)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker, bf16 autocast")
     p.add_argument("--resume", action="store_true", help="continue the run --name")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config key, e.g. --set train.lr=3e-4 "
+                        "--set model.depth_prompter=false (repeatable)")
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     p.add_argument("--batch-size", type=int, default=None, help="override train.batch_size")
     p.add_argument("--max-failures", type=int, default=3,
@@ -58,17 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         import ray.data
         import ray.train
 
-        config = load_config(args.config)
+        overrides = parse_overrides(args.set)
+        config = load_config(args.config, overrides)
         storage = Storage.from_env()
         # Everything the chip store can tell is checked here, before Ray starts: a mismatch
         # is one line in seconds, not a worker traceback retried max_failures times.
         config = fit_config_to_store(config, ChipStore.open(args.chips, storage),
-                                     explicit_model_keys(args.config))
-        overrides = {k: v for k, v in (("epochs", args.epochs),
+                                     explicit_model_keys(args.config, overrides))
+        recipe = {k: v for k, v in (("epochs", args.epochs),
                                        ("batch_size", args.batch_size)) if v is not None}
-        if overrides:
+        if recipe:
             config = dataclasses.replace(config, train=dataclasses.replace(config.train,
-                                                                           **overrides))
+                                                                           **recipe))
         name = args.name or f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         spec = RunSpec(config=config, chips=args.chips, run_dir=join(args.storage, name),
                        storage=storage, tensorboard=args.tensorboard)
