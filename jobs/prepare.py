@@ -86,14 +86,16 @@ def main(argv: list[str] | None = None) -> int:
         min_labelled=args.min_labelled, teacher_batch=args.teacher_batch,
         teacher_actors=args.teacher_actors, gpu=args.gpu, threads=args.threads,
     )
+    def start_ray() -> None:
+        """Start or join Ray for the teacher, once the inputs are checked."""
+        import ray
+
+        ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS"),
+                 log_to_driver=False, configure_logging=False)
+
     try:
         opts.check()
-        if opts.teacher is not None:
-            import ray
-
-            ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS"),
-                     log_to_driver=False, configure_logging=False)
-        prepare_chips(opts, Storage.from_env())
+        prepare_chips(opts, Storage.from_env(), start_ray=start_ray)
     except DepthSegError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

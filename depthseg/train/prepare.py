@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -300,10 +300,18 @@ def _first_of(catalog: Catalog) -> Scene:
 
 
 def prepare_chips(opts: PrepareOptions, storage: Storage | None = None,
-                  log: Any = print) -> PrepareReport:
-    """Build (or continue) the chip store ``opts.out``; see the module docstring."""
+                  log: Any = print, start_ray: Callable[[], None] | None = None,
+                  ) -> PrepareReport:
+    """Build (or continue) the chip store ``opts.out``; see the module docstring.
+
+    ``start_ray`` is called once the inputs are checked and the chips planned, only when the
+    teacher (a Ray Data pipeline) has chips to do: bad input fails before Ray starts.
+    """
     storage = storage or Storage()
     start = time.perf_counter()
+    if opts.teacher is not None and not storage.exists(join(opts.teacher, "config.json")):
+        raise InputError(f"--teacher {opts.teacher!r} has no config.json; expected a Hugging "
+                         "Face Depth Anything folder (config.json + model.safetensors)")
     refs, reader, schema = plan(opts, storage)
     plan_doc = {"sources": {k: v for k, v in asdict(opts).items()
                             if k not in ("out", "teacher_batch", "teacher_actors", "gpu",
@@ -323,6 +331,8 @@ def prepare_chips(opts: PrepareOptions, storage: Storage | None = None,
         f"{len(todo)} to cut ({schema.depth_source} depth)")
     if todo:
         if opts.teacher is not None:
+            if start_ray is not None:
+                start_ray()
             _run_teacher_pipeline(opts, todo, reader, storage)
         else:
             _run_local(opts, todo, reader, store)
