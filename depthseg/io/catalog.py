@@ -43,7 +43,7 @@ from depthseg.errors import InputError, StorageError
 from depthseg.io.storage import Storage, join, scheme_of, with_retries
 from depthseg.io.warp import RESAMPLING, check_resampling, open_zarr_variable, read_scene
 
-__all__ = ["RASTER_SUFFIXES", "RESAMPLING", "Catalog", "Scene", "describe_scene",
+__all__ = ["RASTER_SUFFIXES", "RESAMPLING", "Catalog", "Scene", "composite", "describe_scene",
            "describe_scenes", "open_catalog"]
 
 RASTER_SUFFIXES = (".tif", ".tiff")
@@ -234,6 +234,23 @@ class Catalog:
                 if shapely.relate_pattern(self._footprints[int(i)], box, "T********")]
         return [self.scenes[i] for i in sorted(keep)]
 
+    def scenes_meeting(self, windows: Sequence[tuple[float, float, float, float]],
+                       crs: str) -> list[list[int]]:
+        """Indices of the scenes meeting each window's interior, in composite order.
+
+        One bulk query of the footprint index for many windows at once.
+        """
+        footprints = self.footprints(crs)
+        assert self._tree is not None
+        boxes = shapely.box(*np.asarray(windows, dtype=np.float64).reshape(-1, 4).T)
+        window_idx, scene_idx = self._tree.query(boxes, predicate="intersects")
+        inside = shapely.relate_pattern(np.asarray(footprints, dtype=object)[scene_idx],
+                                        boxes[window_idx], "T********")
+        out: list[list[int]] = [[] for _ in range(len(boxes))]
+        for w, k in zip(window_idx[inside].tolist(), scene_idx[inside].tolist(), strict=True):
+            out[w].append(k)
+        return [sorted(hits) for hits in out]
+
     def read(self, crs: str, transform: Affine, height: int, width: int,
              bands: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         """Composite one window of a target grid from every scene that meets it.
@@ -253,17 +270,29 @@ class Catalog:
             StorageError: A scene could not be read (names the scene).
         """
         bounds = rasterio.transform.array_bounds(height, width, transform)
-        pixels = np.zeros((len(bands), height, width), dtype=self.dtype)
-        filled = np.zeros((height, width), dtype=bool)
-        for scene in self.scenes_intersecting(bounds, crs):
-            scene_pixels, scene_valid = read_scene(scene, self.storage, crs, transform,
-                                                   height, width, bands, self.resampling)
-            take = scene_valid & ~filled
-            pixels[:, take] = scene_pixels[:, take]
-            filled |= take
-            if filled.all():
-                break
-        return pixels, filled
+        return composite(self.scenes_intersecting(bounds, crs), self.storage, crs, transform,
+                         height, width, bands, self.resampling, self.dtype)
+
+
+def composite(scenes: Sequence[Scene], storage: Storage, crs: str, transform: Affine,
+              height: int, width: int, bands: tuple[int, ...], resampling: str,
+              dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """First-valid composite of ``scenes`` (in the order given) on one window of a grid.
+
+    Mapping's read tasks call this with the scenes the planner found for their chunk, so a
+    task never holds the whole catalog.
+    """
+    pixels = np.zeros((len(bands), height, width), dtype=dtype)
+    filled = np.zeros((height, width), dtype=bool)
+    for scene in scenes:
+        scene_pixels, scene_valid = read_scene(scene, storage, crs, transform, height, width,
+                                               bands, resampling)
+        take = scene_valid & ~filled
+        pixels[:, take] = scene_pixels[:, take]
+        filled |= take
+        if filled.all():
+            break
+    return pixels, filled
 
 
 def open_catalog(uri: str | Sequence[str], storage: Storage | None = None,

@@ -22,8 +22,9 @@ from typing import Any
 from depthseg.errors import InputError
 from depthseg.geo import ChunkId
 from depthseg.io.bundle import Bundle, Contract, verify_bundle
-from depthseg.io.catalog import open_catalog
+from depthseg.io.catalog import Catalog, open_catalog
 from depthseg.io.storage import Storage, join, scheme_of
+from depthseg.mapping import products
 from depthseg.mapping.finalize import finalize
 from depthseg.mapping.plan import MapRequest, Plan, make_plan
 from depthseg.mapping.report import RunReport
@@ -32,6 +33,7 @@ from depthseg.mapping.stages import (
     ChunkPredictActor,
     read_batch,
     run_local,
+    scenes_text,
     write_batch,
 )
 from depthseg.mapping.write import Mosaic
@@ -52,7 +54,7 @@ def _start_output(request: MapRequest, plan: Plan, storage: Storage, mosaic: Mos
                              " or bands changed); rerun with the original options or a new --out")
         return mosaic.done_chunks() & set(plan.chunks)
     # The mosaic skeleton first, the plan last: a plan implies a usable mosaic.
-    mosaic.create(plan.grid, attrs)
+    mosaic.create(plan.grid, attrs, products.overview_factor(plan.grid))
     storage.write_bytes_atomic(plan_uri, plan.to_json())
     return set()
 
@@ -82,7 +84,35 @@ def open_output(request: MapRequest, plan: Plan, contract: Contract,
                          Mosaic(request.out, storage), mosaic_attrs(request, contract))
 
 
-def _ray_stream(ctx: ChunkContext, chunks: list[ChunkId], request: MapRequest,
+def chunk_rows(catalog: Catalog, plan: Plan, chunks: list[ChunkId]) -> list[dict[str, str]]:
+    """The rows of the stream: chunk key, the scenes under its read window, their dates.
+
+    Scenes are in composite order, as JSON; their acquisition range gives the chunk's STAC
+    times.
+
+    One bulk query of the footprint index for all chunks at once; a read task then gets only
+    its chunk's scenes, never the catalog.
+    """
+    if not chunks:
+        return []
+    under_read = catalog.scenes_meeting([plan.read_bounds(c) for c in chunks], plan.grid.crs)
+    rows = []
+    for chunk, idx in zip(chunks, under_read, strict=True):
+        scenes = [catalog.scenes[i] for i in idx]
+        acquired = products.acquisition_range([s.acquired for s in scenes])
+        rows.append({"chunk": chunk.key, "scenes": scenes_text(scenes),
+                     "acquired": "|".join(acquired) if acquired else ""})
+    return rows
+
+
+def imagery_extent(catalog: Catalog, plan: Plan) -> tuple[str, str] | None:
+    """(oldest, newest) acquisition of the scenes the planned chunks read, if all dated."""
+    hits = catalog.scenes_meeting([plan.read_bounds(c) for c in plan.chunks], plan.grid.crs)
+    used = sorted({i for row in hits for i in row})
+    return products.acquisition_range([catalog.scenes[i].acquired for i in used])
+
+
+def _ray_stream(ctx: ChunkContext, rows: list[dict[str, str]], request: MapRequest,
                 bundle: Bundle | None, on_result: Callable[[dict[str, Any]], None]) -> None:
     import ray
     import ray.data
@@ -99,8 +129,7 @@ def _ray_stream(ctx: ChunkContext, chunks: list[ChunkId], request: MapRequest,
     cpu_threads = None if request.gpus > 0 else max(1, node_cpus // actors)
     separate_writes = (request.write_stage == "separate"
                        or (request.write_stage == "auto" and request.gpus > 0))
-    ds: Any = ray.data.from_items([{"chunk": c.key} for c in chunks],
-                             override_num_blocks=len(chunks))
+    ds: Any = ray.data.from_items(rows, override_num_blocks=len(rows))
     # Read tasks may run up to one chunk ahead of each actor; the rest is Ray's backpressure.
     ds = ds.map_batches(read_batch, batch_size=1, fn_kwargs={"ctx": ctx}, num_cpus=1,
                         compute=TaskPoolStrategy(size=read_tasks))
@@ -175,8 +204,8 @@ def map_region(request: MapRequest, storage: Storage | None = None,
         storage: Storage settings (local paths and ``s3://``).
         bundle: A loaded bundle to use instead of loading ``request.model`` (tests, bench).
         log: Where progress lines go (default: stderr).
-        cogs_ready: Done chunks whose COGs are already in ``request.out`` (an incremental run
-            copied them); the finaliser does not encode them again.
+        cogs_ready: Done chunks whose COGs an incremental run copied in rather than encoded
+            (counted as reused in ``run.json``).
         start_ray: Called once the inputs are checked, before the Ray stream (the CLI starts or
             joins Ray here); it may return the number of GPUs to use (for ``--gpus`` unset).
 
@@ -207,14 +236,18 @@ def map_region(request: MapRequest, storage: Storage | None = None,
     already = _start_output(request, plan, storage, mosaic, mosaic_attrs(request, contract))
     todo = [c for c in plan.chunks if c not in already]
     report.start(plan, already=len(already), todo=len(todo))
-    report.seconds["plan"] = time.perf_counter() - started
     log(f"plan: grid {plan.grid.shape[0]}x{plan.grid.shape[1]} px in {plan.grid.crs} at "
         f"{plan.grid.resolution} m; {len(plan.chunks)} chunks with imagery, {plan.skipped} "
         f"without, {len(already)} already done, {len(todo)} to map")
 
-    ctx = ChunkContext(catalog=catalog, grid=plan.grid, tiles=plan.tiles, bands=plan.bands,
-                       out=request.out, storage=storage, scale=plan.scale,
-                       dtype=contract.input_dtype, value_range=contract.value_range)
+    factor = products.overview_factor(plan.grid)
+    ctx = ChunkContext(grid=plan.grid, tiles=plan.tiles, bands=plan.bands, out=request.out,
+                       storage=storage, source_dtype=catalog.dtype, resampling=plan.resampling,
+                       scale=plan.scale, dtype=contract.input_dtype,
+                       value_range=contract.value_range, contract=contract, factor=factor,
+                       created=report.started_at)
+    rows = chunk_rows(catalog, plan, todo)
+    report.seconds["plan"] = time.perf_counter() - started
     shown: set[str] = set()
 
     def on_result(row: dict[str, Any]) -> None:
@@ -234,19 +267,19 @@ def map_region(request: MapRequest, storage: Storage | None = None,
     try:
         if todo:
             if request.executor == "ray":
-                _ray_stream(ctx, todo, request, bundle, on_result)
+                _ray_stream(ctx, rows, request, bundle, on_result)
             else:
                 predictor = ChunkPredictActor(ctx, request.model, bundle, request.gpus,
                                               request.batch_size, compile_model=request.compile)
-                run_local(ctx, todo, predictor, on_result)
+                run_local(ctx, rows, predictor, on_result)
         report.seconds["map"] = time.perf_counter() - map_start
 
         final_start = time.perf_counter()
         done = sorted(mosaic.done_chunks() & set(plan.chunks))
-        ready = set(cogs_ready) & set(done)
         report.valid_pixels = finalize(request.out, storage, plan, mosaic, done, contract,
-                                       catalog, cogs_ready=ready)
-        report.cogs_reused = len(ready)
+                                       factor, imagery_extent(catalog, plan),
+                                       report.started_at, report.finalise_steps)
+        report.cogs_reused = len(set(cogs_ready) & set(done))
         report.seconds["finalise"] = time.perf_counter() - final_start
         report.done = len(done)
     except Exception:

@@ -21,6 +21,7 @@ from depthseg.geo import (
     ChunkId,
     OutputGrid,
     TileSpec,
+    chunk_read_window,
     pixel_phase,
     plan_grid,
 )
@@ -143,6 +144,11 @@ class Plan:
     resampling: str = "nearest"
     scale: tuple[float, float] | None = None
     notes: list[str] = field(default_factory=list)
+
+    def read_bounds(self, chunk: ChunkId) -> tuple[float, float, float, float]:
+        """Bounds (output CRS) of the chunk's read window: chunk + halo, as it is read."""
+        window = chunk_read_window(self.grid.chunk_window(chunk), self.tiles.halo_px)
+        return self.grid.window_bounds(window)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, written to ``plan.json``."""

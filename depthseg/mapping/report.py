@@ -45,6 +45,7 @@ class RunReport:
     finished: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     tracebacks: dict[str, str] = field(default_factory=dict)
+    finalise_steps: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "predict": 0.0,
@@ -102,6 +103,7 @@ class RunReport:
             "error": self.error,
             "cogs": {"encoded": self.done - self.cogs_reused, "reused": self.cogs_reused},
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "finalise_seconds": {k: round(v, 3) for k, v in self.finalise_steps.items()},
             "km2_mapped": round(self.km2, 6),
             "km2_per_hour": round(self.km2 / hours, 3),
             "ok": self.ok,

@@ -1,14 +1,19 @@
 """The per-chunk stages, usable with or without Ray: read -> predict -> write.
 
-Pixels travel once from a read task to a predict actor (raw uint8/uint16 chunk + halo:
-2 bytes x bands x 2176^2 = 38 MB for a default 4-band uint16 chunk), and the encoded chunk
-(4 bytes per pixel: 17 MB at 2048 px) once from the actor to a write task, so the model's
-device never waits on Zarr encoding or uploads. Only chunk keys, timings and error strings
-leave the write stage.
+A chunk travels as a row: its key, the scenes the planner found under its read window (so a
+task never holds the whole catalog) and their acquisition range. Pixels travel once from a
+read task to a predict actor (raw uint8/uint16 chunk + halo: 2 bytes x bands x 2176^2 = 38 MB
+for a default 4-band uint16 chunk), and the encoded chunk (4 bytes per pixel: 17 MB at
+2048 px) once from the actor to a write task, which writes every product of the chunk
+(Zarr, overview blocks, COG tiles, STAC Item, then the done marker), so the model's device
+never waits on encoding or uploads. Only chunk keys, timings, error strings and valid-pixel
+counts leave the write stage.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import time
 import traceback
@@ -21,9 +26,10 @@ import torch
 
 from depthseg.errors import DepthSegError
 from depthseg.geo import ChunkId, OutputGrid, TileSpec, chunk_read_window
-from depthseg.io.bundle import Bundle, load_bundle
-from depthseg.io.catalog import Catalog
+from depthseg.io.bundle import Bundle, Contract, load_bundle
+from depthseg.io.catalog import Scene, composite
 from depthseg.io.storage import Storage
+from depthseg.mapping import products
 from depthseg.mapping.predict import ChunkPrediction, ChunkPredictor, pick_device
 from depthseg.mapping.write import LAYERS, Mosaic
 
@@ -32,39 +38,62 @@ from depthseg.mapping.write import LAYERS, Mosaic
 class ChunkContext:
     """What every stage needs to know about the run (small; pickled to Ray workers).
 
+    It holds no catalog: each row carries the scenes the planner found for its chunk.
+
     Attributes:
-        catalog: Scenes and their footprint index.
         grid: The output grid.
         tiles: Tile size, overlap, halo.
         bands: 1-based imagery bands in model channel order.
         out: Output URI.
         storage: Storage settings.
+        source_dtype: The imagery's dtype (what the composite is read in).
+        resampling: How scenes off the grid are resampled.
         scale: ``(scale, offset)`` applied to pixels before the model, or None.
         dtype: The dtype the model bundle takes (pixels are converted to it after scaling).
         value_range: The bundle's valid pixel range (scaled pixels are clipped to it).
+        contract: The bundle's contract (class names and colours of the COGs and Items).
+        factor: The overview level's downsampling factor.
+        created: When the run started (the STAC Items' ``created``).
     """
 
-    catalog: Catalog
     grid: OutputGrid
     tiles: TileSpec
     bands: tuple[int, ...]
     out: str
     storage: Storage
+    source_dtype: str = "uint8"
+    resampling: str = "nearest"
     scale: tuple[float, float] | None = None
     dtype: str | None = None
     value_range: tuple[float, float] = (0.0, 65535.0)
+    contract: Contract | None = None
+    factor: int = 2
+    created: str = ""
 
     @property
     def pixel_dtype(self) -> str:
         """The dtype of the pixels handed to the model."""
-        return self.dtype or self.catalog.dtype
+        return self.dtype or self.source_dtype
 
 
-def read_chunk(ctx: ChunkContext, chunk: ChunkId) -> tuple[np.ndarray, np.ndarray]:
+def scenes_text(scenes: list[Scene]) -> str:
+    """A row's scenes as compact JSON (what travels with a chunk key)."""
+    return json.dumps([dataclasses.astuple(s) for s in scenes], separators=(",", ":"))
+
+
+def scenes_from_text(text: str) -> list[Scene]:
+    """Inverse of :func:`scenes_text`."""
+    return [Scene(*[tuple(v) if isinstance(v, list) else v for v in fields])
+            for fields in json.loads(text)]
+
+
+def read_chunk(ctx: ChunkContext, chunk: ChunkId, scenes: list[Scene],
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Chunk + halo pixels (band, row, col) and valid mask (row, col), composited, once."""
     window = chunk_read_window(ctx.grid.chunk_window(chunk), ctx.tiles.halo_px)
-    pixels, valid = ctx.catalog.read(ctx.grid.crs, ctx.grid.window_transform(window),
-                                     window.height, window.width, ctx.bands)
+    pixels, valid = composite(scenes, ctx.storage, ctx.grid.crs,
+                              ctx.grid.window_transform(window), window.height, window.width,
+                              ctx.bands, ctx.resampling, ctx.source_dtype)
     if ctx.scale is not None:
         scale, offset = ctx.scale
         scaled = pixels.astype(np.float32) * np.float32(scale) + np.float32(offset)
@@ -72,6 +101,28 @@ def read_chunk(ctx: ChunkContext, chunk: ChunkId) -> tuple[np.ndarray, np.ndarra
         pixels = np.clip(np.rint(scaled), low, high).astype(ctx.pixel_dtype)
         pixels[:, ~valid] = 0
     return pixels, valid
+
+
+def write_products(ctx: ChunkContext, chunk: ChunkId, prediction: ChunkPrediction,
+                   acquired: tuple[str, str] | None, cogs: bool = True) -> int:
+    """Write everything one chunk produces, done marker last; return its mapped pixels.
+
+    See :mod:`depthseg.mapping.products` for the list.
+
+    ``cogs=False`` when the chunk's COG tiles are already in place (an incremental run
+    copied them from the run it carries the chunk from).
+    """
+    assert ctx.contract is not None
+    mosaic = Mosaic(ctx.out, ctx.storage)
+    blocks = products.overview_blocks(prediction, ctx.factor)
+    mosaic.write_layers(ctx.grid, chunk, prediction, blocks, ctx.factor)
+    if cogs:
+        products.write_cogs(ctx.out, ctx.storage, ctx.grid, chunk, prediction, ctx.contract)
+    item = products.stac_item(ctx.grid, chunk, ctx.contract, acquired, ctx.created)
+    ctx.storage.write_bytes_atomic(products.item_uri(ctx.out, chunk),
+                                   json.dumps(item, indent=2).encode())
+    mosaic.mark_done(chunk)
+    return int(blocks["valid_count"].sum())
 
 
 def _error_text(err: BaseException) -> str:
@@ -87,16 +138,17 @@ def _error_detail(err: BaseException) -> str:
 
 
 def read_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, Any]:
-    """Ray Data read task: chunk keys -> pixels + valid mask (or an error string)."""
+    """Ray Data read task: chunk rows (key, scenes, acquired) -> pixels + valid mask."""
     keys = [str(k) for k in batch["chunk"]]
     window = chunk_read_window(ctx.grid.chunk_window(ChunkId.parse(keys[0])),
                                ctx.tiles.halo_px)
     shape = (len(ctx.bands), window.height, window.width)
     pixels, valid, errors, details, seconds = [], [], [], [], []
-    for key in keys:
+    for key, text in zip(keys, batch["scenes"], strict=True):
         start = time.perf_counter()
         try:
-            chunk_pixels, chunk_valid = read_chunk(ctx, ChunkId.parse(key))
+            chunk_pixels, chunk_valid = read_chunk(ctx, ChunkId.parse(key),
+                                                   scenes_from_text(str(text)))
             errors.append("")
             details.append("")
         except Exception as err:  # noqa: BLE001 - a bad scene fails its chunk, not the run
@@ -107,8 +159,9 @@ def read_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, Any
         pixels.append(chunk_pixels)
         valid.append(chunk_valid)
         seconds.append(time.perf_counter() - start)
-    return {"chunk": np.array(keys), "pixels": np.stack(pixels), "valid": np.stack(valid),
-            "error": np.array(errors), "detail": np.array(details), "read_s": np.array(seconds)}
+    return {"chunk": np.array(keys), "acquired": np.array([str(a) for a in batch["acquired"]]),
+            "pixels": np.stack(pixels), "valid": np.stack(valid), "error": np.array(errors),
+            "detail": np.array(details), "read_s": np.array(seconds)}
 
 
 class ChunkPredictActor:
@@ -156,7 +209,7 @@ class ChunkPredictActor:
         """Ray Data actor call: read rows -> predicted rows (encoded layers, no input pixels)."""
         size = self.ctx.grid.chunk_size
         out: dict[str, list[Any]] = {name: [] for name in (
-            "chunk", "error", "detail", "read_s", "predict_s", *LAYERS)}
+            "chunk", "acquired", "error", "detail", "read_s", "predict_s", *LAYERS)}
         for i, key in enumerate(batch["chunk"]):
             error, detail, seconds = str(batch["error"][i]), str(batch["detail"][i]), 0.0
             prediction = None
@@ -171,43 +224,50 @@ class ChunkPredictActor:
             for name, spec in LAYERS.items():
                 out[name].append(getattr(prediction, name) if prediction is not None else
                                  np.full((size, size), spec["fill_value"], spec["dtype"]))
-            for name, value in (("chunk", str(key)), ("error", error), ("detail", detail),
+            for name, value in (("chunk", str(key)), ("acquired", str(batch["acquired"][i])),
+                                ("error", error), ("detail", detail),
                                 ("read_s", float(batch["read_s"][i])), ("predict_s", seconds)):
                 out[name].append(value)
         rows = {name: np.stack(v) if name in LAYERS else np.array(v) for name, v in out.items()}
         return write_batch(rows, self.ctx) if self.write else rows
 
 
-def write_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, np.ndarray]:
-    """Ray Data write task: predicted rows -> Zarr chunks + done markers -> result rows.
+def _acquired(text: str) -> tuple[str, str] | None:
+    start, _, end = text.partition("|")
+    return (start, end) if start and end else None
 
-    Only chunk keys, errors and timings leave this stage.
+
+def write_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, np.ndarray]:
+    """Ray Data write task: predicted rows -> every product of each chunk -> result rows.
+
+    Only chunk keys, errors, timings and valid-pixel counts leave this stage.
     """
-    mosaic = Mosaic(ctx.out, ctx.storage)
     results: dict[str, list[Any]] = {"chunk": [], "error": [], "detail": [], "read_s": [],
-                                     "predict_s": [], "write_s": []}
+                                     "predict_s": [], "write_s": [], "valid": []}
     for i, key in enumerate(batch["chunk"]):
-        error, detail, seconds = str(batch["error"][i]), str(batch["detail"][i]), 0.0
+        error, detail, seconds, valid = str(batch["error"][i]), str(batch["detail"][i]), 0.0, 0
         if not error:
             start = time.perf_counter()
             try:
-                mosaic.write_chunk(ctx.grid, ChunkId.parse(str(key)), ChunkPrediction(
-                    **{name: batch[name][i] for name in LAYERS}))
+                valid = write_products(ctx, ChunkId.parse(str(key)), ChunkPrediction(
+                    **{name: batch[name][i] for name in LAYERS}),
+                    _acquired(str(batch["acquired"][i])))
             except Exception as err:  # noqa: BLE001 - fail the chunk, keep the run
                 error, detail = _error_text(err), _error_detail(err)
             seconds = time.perf_counter() - start
         for name, value in (("chunk", str(key)), ("error", error), ("detail", detail),
                             ("read_s", float(batch["read_s"][i])),
-                            ("predict_s", float(batch["predict_s"][i])), ("write_s", seconds)):
+                            ("predict_s", float(batch["predict_s"][i])), ("write_s", seconds),
+                            ("valid", valid)):
             results[name].append(value)
     return {name: np.array(values) for name, values in results.items()}
 
 
-def run_local(ctx: ChunkContext, chunks: list[ChunkId], predictor: ChunkPredictActor,
+def run_local(ctx: ChunkContext, rows: list[dict[str, str]], predictor: ChunkPredictActor,
               on_result: Callable[[dict[str, Any]], None]) -> None:
     """The same stages in one process, chunk by chunk (debugging, tests, the benchmark)."""
-    for chunk in chunks:
-        read = read_batch({"chunk": np.array([chunk.key])}, ctx)
+    for row in rows:
+        read = read_batch({name: np.array([value]) for name, value in row.items()}, ctx)
         predicted = predictor(read)
         out = predicted if predictor.write else write_batch(predicted, ctx)
         on_result({name: values[0] for name, values in out.items()})

@@ -8,10 +8,14 @@ grid mapping)::
     confidence  (y, x) uint8    0 = no data
     depth       (y, x) float16  NaN = no data
     x, y        pixel-centre coordinates;  spatial_ref  CF grid mapping (crs_wkt, GeoTransform)
+    levels/<F>/ the overview level, downsampled F times (same layout, plus
+                valid_count (y, x) uint32: mapped pixels under each block); the root's
+                ``multiscales`` attribute lists the levels
 
 Zarr chunks equal mapping chunks, and grids start on whole chunks, so every mapping chunk is
-exactly one Zarr chunk per array: one writer per chunk, and rewriting a chunk is idempotent.
-``<out>/done/<chunk key>`` is written after all three arrays of the chunk are.
+exactly one Zarr chunk per array (and one chunk of each level array): one writer per chunk,
+and rewriting a chunk is idempotent. ``<out>/done/<chunk key>`` is written after all of the
+chunk's outputs are (see :mod:`depthseg.mapping.products`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from affine import Affine
 from pyproj import CRS as ProjCRS
 
 from depthseg.geo import ChunkId, OutputGrid
@@ -37,13 +42,39 @@ LAYERS: dict[str, dict[str, Any]] = {
 }
 
 
-def _cf_grid_mapping(grid: OutputGrid) -> dict[str, Any]:
-    crs = ProjCRS.from_user_input(grid.crs)
-    a = grid.transform
+def _cf_grid_mapping(crs_text: str, a: Affine) -> dict[str, Any]:
+    crs = ProjCRS.from_user_input(crs_text)
     attrs = crs.to_cf()
     attrs.update({"crs_wkt": crs.to_wkt(), "spatial_ref": crs.to_wkt(),
                   "GeoTransform": " ".join(repr(v) for v in (a.c, a.a, a.b, a.f, a.d, a.e))})
     return attrs
+
+
+def _layers(group: Any, shape: tuple[int, int], chunk: int, res: float, transform: Affine,
+            grid: OutputGrid, valid_count: bool = False) -> None:
+    """The layer arrays, ``spatial_ref`` and 1-D coordinates of one resolution level."""
+    specs = dict(LAYERS)
+    if valid_count:
+        specs["valid_count"] = {"dtype": "uint32", "fill_value": 0}
+    for name, spec in specs.items():
+        group.create_array(
+            name, shape=shape, chunks=(chunk, chunk), dtype=spec["dtype"],
+            fill_value=spec["fill_value"], dimension_names=["y", "x"],
+            attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref",
+                        "nodata": None if name in ("depth", "valid_count")
+                        else spec["fill_value"]})
+    spatial_ref = group.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0,
+                                     dimension_names=[],
+                                     attributes=_cf_grid_mapping(grid.crs, transform))
+    spatial_ref[()] = 0
+    # 1-D coordinate vectors are grid-width long, not region-sized 2-D arrays.
+    for axis, size, start, step in (("x", shape[1], transform.c, res),
+                                    ("y", shape[0], transform.f, -res)):
+        attributes: dict[str, Any] = {"units": "metre",
+                                      "standard_name": f"projection_{axis}_coordinate"}
+        coord = group.create_array(axis, shape=(size,), chunks=(size,), dtype="float64",
+                                   fill_value=0.0, dimension_names=[axis], attributes=attributes)
+        coord[:] = start + step * (np.arange(size) + 0.5)
 
 
 class Mosaic:
@@ -56,31 +87,24 @@ class Mosaic:
         self.storage = storage
         self._group: Any = None
 
-    def create(self, grid: OutputGrid, attrs: dict[str, Any]) -> None:
-        """Write the empty arrays and coordinates (metadata only; chunks stay absent)."""
+    def create(self, grid: OutputGrid, attrs: dict[str, Any], factor: int) -> None:
+        """Write the empty arrays, coordinates and the overview level ``factor``.
+
+        Metadata only; chunks stay absent.
+        """
+        level = f"levels/{factor}"
+        attrs = {**attrs, "multiscales": [{"name": "mosaic", "datasets": [
+            {"path": ".", "factor": 1}, {"path": level, "factor": factor}]}]}
         group = zarr.open_group(open_zarr_store(self.uri, self.storage), mode="w",
                                 zarr_format=3, attributes=attrs)
-        shape, chunks = grid.shape, (grid.chunk_size, grid.chunk_size)
-        for name, spec in LAYERS.items():
-            group.create_array(
-                name, shape=shape, chunks=chunks, dtype=spec["dtype"],
-                fill_value=spec["fill_value"], dimension_names=["y", "x"],
-                attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref",
-                            "nodata": None if name == "depth" else spec["fill_value"]})
-        spatial_ref = group.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0,
-                                         dimension_names=[], attributes=_cf_grid_mapping(grid))
-        spatial_ref[()] = 0
-        res, transform = grid.resolution, grid.transform
-        # 1-D coordinate vectors are grid-width long, not region-sized 2-D arrays.
-        for axis, size, start, step in (("x", grid.width, transform.c, res),
-                                        ("y", grid.height, transform.f, -res)):
-            attributes: dict[str, Any] = {"units": "metre",
-                                          "standard_name": f"projection_{axis}_coordinate"}
-            coord = group.create_array(axis, shape=(size,), chunks=(size,), dtype="float64",
-                                       fill_value=0.0, dimension_names=[axis],
-                                       attributes=attributes)
-            coord[:] = start + step * (np.arange(size) + 0.5)
+        _layers(group, grid.shape, grid.chunk_size, grid.resolution, grid.transform, grid)
+        sub = group.create_group(level, attributes={"factor": factor})
+        res = grid.resolution * factor
+        transform = grid.transform * Affine.scale(factor)
+        _layers(sub, (grid.height // factor, grid.width // factor), grid.chunk_size // factor,
+                res, transform, grid, valid_count=True)
         self._group = group
+        self.factor = factor
 
     @property
     def group(self) -> Any:
@@ -89,19 +113,38 @@ class Mosaic:
             self._group = zarr.open_group(open_zarr_store(self.uri, self.storage), mode="r+")
         return self._group
 
-    def write_chunk(self, grid: OutputGrid, chunk: ChunkId, prediction: ChunkPrediction) -> None:
-        """Write the chunk's three layers, then its done marker."""
-        window = grid.chunk_window(chunk)
-        rows = slice(window.row_off, window.row_off + window.height)
-        cols = slice(window.col_off, window.col_off + window.width)
-        for name in LAYERS:
-            array, data = self.group[name], getattr(prediction, name)
+    def level(self, factor: int) -> Any:
+        """The overview level group ``levels/<factor>``."""
+        return self.group[f"levels/{factor}"]
 
-            def write(array: Any = array, data: np.ndarray = data) -> None:
+    def write_layers(self, grid: OutputGrid, chunk: ChunkId, prediction: ChunkPrediction,
+                     blocks: dict[str, np.ndarray] | None = None, factor: int = 0) -> None:
+        """Write the chunk's three layers and, with ``blocks``, its overview-level blocks."""
+        window = grid.chunk_window(chunk)
+        targets = [(self.group[name], window, getattr(prediction, name)) for name in LAYERS]
+        if blocks is not None:
+            level = self.level(factor)
+            small = type(window)(window.row_off // factor, window.col_off // factor,
+                                 window.height // factor, window.width // factor)
+            targets += [(level[name], small, data) for name, data in blocks.items()]
+        for array, win, data in targets:
+            rows = slice(win.row_off, win.row_off + win.height)
+            cols = slice(win.col_off, win.col_off + win.width)
+
+            def write(array: Any = array, data: np.ndarray = data, rows: slice = rows,
+                      cols: slice = cols) -> None:
                 array[rows, cols] = data
 
             with_retries(write)
+
+    def mark_done(self, chunk: ChunkId) -> None:
+        """The done marker: written after every output of the chunk."""
         self.storage.write_bytes_atomic(self.done_uri(chunk), chunk.key.encode())
+
+    def write_chunk(self, grid: OutputGrid, chunk: ChunkId, prediction: ChunkPrediction) -> None:
+        """Write the chunk's three layers, then its done marker (no other products)."""
+        self.write_layers(grid, chunk, prediction)
+        self.mark_done(chunk)
 
     def read_chunk(self, grid: OutputGrid, chunk: ChunkId) -> ChunkPrediction:
         """Read back one chunk's layers."""

@@ -23,16 +23,16 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-import rasterio
-
 from depthseg.errors import StorageError
-from depthseg.geo import ChunkId, chunk_read_window
-from depthseg.io.bundle import Bundle, read_manifest
+from depthseg.geo import ChunkId
+from depthseg.io.bundle import Bundle, Contract, read_manifest
 from depthseg.io.catalog import Catalog, open_catalog
 from depthseg.io.storage import Storage, join, with_retries
+from depthseg.mapping import products
 from depthseg.mapping.pipeline import PLAN, map_region, open_output
 from depthseg.mapping.plan import MapRequest, Plan, make_plan
 from depthseg.mapping.report import RunReport
+from depthseg.mapping.stages import ChunkContext, write_products
 from depthseg.mapping.write import Mosaic
 from depthseg.schedule.cadence import format_time, run_id
 from depthseg.schedule.ledger import (
@@ -103,16 +103,15 @@ class RunPlan:
 
 def read_window_bounds(plan: Plan, chunk: ChunkId) -> tuple[float, float, float, float]:
     """Bounds (output CRS) of the chunk's read window: chunk + halo, as the reader reads it."""
-    window = chunk_read_window(plan.grid.chunk_window(chunk), plan.tiles.halo_px)
-    return rasterio.transform.array_bounds(window.height, window.width,
-                                           plan.grid.window_transform(window))
+    return plan.read_bounds(chunk)
 
 
 def chunk_scenes(catalog: Catalog, plan: Plan, storage: Storage
                  ) -> dict[str, list[dict[str, Any]]]:
     """For every planned chunk, the scenes meeting its read window, with fingerprints."""
-    meeting = {c.key: catalog.scenes_intersecting(read_window_bounds(plan, c), plan.grid.crs)
-               for c in plan.chunks}
+    hits = catalog.scenes_meeting([plan.read_bounds(c) for c in plan.chunks], plan.grid.crs)
+    meeting = {c.key: [catalog.scenes[i] for i in idx]
+               for c, idx in zip(plan.chunks, hits, strict=True)}
     prints = scene_fingerprints([s for scenes in meeting.values() for s in scenes], storage)
     return {key: [{"uri": s.uri, "fingerprint": prints[s.uri], "acquired": s.acquired}
                   for s in scenes] for key, scenes in meeting.items()}
@@ -224,8 +223,14 @@ def _remove(uri: str, storage: Storage) -> None:
         with_retries(lambda: fs.rm(path, recursive=True))
 
 
-def carry_over(run: RunPlan, storage: Storage, threads: int = 4) -> int:
-    """Copy the carried chunks' layers from the previous run; returns how many were copied."""
+def carry_over(run: RunPlan, storage: Storage, contract: Contract,
+               cogs_ready: set[ChunkId] = frozenset(), threads: int = 4) -> int:  # type: ignore[assignment]
+    """Write the carried chunks from the previous run's mosaic; returns how many were copied.
+
+    Each carried chunk gets every product a mapped chunk gets (layers, overview blocks,
+    STAC Item, done marker last); its COG tiles are encoded only when
+    :func:`copy_cogs` could not copy them (``cogs_ready``).
+    """
     if not run.carry:
         return 0
     assert run.previous is not None
@@ -234,10 +239,15 @@ def carry_over(run: RunPlan, storage: Storage, threads: int = 4) -> int:
     have = target.done_chunks()
     todo = [c for c in run.carry if c not in have]
     grid = run.plan.grid
+    ctx = ChunkContext(grid=grid, tiles=run.plan.tiles, bands=run.plan.bands, out=run.run_uri,
+                       storage=storage, contract=contract,
+                       factor=products.overview_factor(grid), created=products.now_text())
     _ = source.group, target.group  # open both once, before the threads share them
 
     def copy(chunk: ChunkId) -> None:
-        target.write_chunk(grid, chunk, source.read_chunk(grid, chunk))
+        acquired = products.acquisition_range([s["acquired"] for s in run.scenes[chunk.key]])
+        write_products(ctx, chunk, source.read_chunk(grid, chunk), acquired,
+                       cogs=chunk not in cogs_ready)
 
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(todo)))) as pool:
         list(pool.map(copy, todo))
@@ -324,9 +334,9 @@ def execute_run(run: RunPlan, storage: Storage, bundle: Bundle | None = None,
     started_at = (previous_ledger or {}).get("started_at") or now_text()
     open_output(run.request, run.plan, contract, storage)
     write_ledger(run.run_uri, storage, _ledger(run, "running", started_at=started_at))
-    copied = carry_over(run, storage)
-    log(f"{run.region.name}: run {run.run_id}: {run.summary()}; copied {copied} chunks")
     cogs = copy_cogs(run, storage)
+    copied = carry_over(run, storage, contract, cogs)
+    log(f"{run.region.name}: run {run.run_id}: {run.summary()}; copied {copied} chunks")
     report = map_region(run.request, storage, bundle=bundle, log=log, cogs_ready=cogs)
     done = {c.key for c in Mosaic(run.run_uri, storage).done_chunks()}
     carried = {c.key for c in run.carry}

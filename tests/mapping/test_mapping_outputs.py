@@ -77,7 +77,7 @@ def test_imagery_nodata_stays_nodata_in_every_layer(mapped: tuple[Path, Any],
 
 def test_cogs_validate_and_vrt_equals_the_mosaic(mapped: tuple[Path, Any]) -> None:
     out, _ = mapped
-    cogs = sorted((out / "cog").glob("*/*.tif"))
+    cogs = sorted(p for p in (out / "cog").glob("*/*.tif") if p.parent.name != "overview")
     assert len(cogs) == 3 * len(list((out / "done").iterdir()))
     for path in cogs:
         valid, errors, _warnings = cog_validate(str(path), quiet=True)
@@ -126,7 +126,55 @@ def test_stac_quicklook_and_plan(mapped: tuple[Path, Any], synthetic_region: Any
     from PIL import Image
 
     with Image.open(out / "quicklook.png") as image:
-        assert image.mode == "RGB" and image.width >= 160
+        assert image.mode == "RGBA" and image.width >= 160
+        alpha = np.asarray(image)[..., 3]
+        assert (alpha == 0).any() and (alpha == 255).any()  # no-data is transparent
+
+
+def test_overview_level_equals_a_downsampling_of_the_full_mosaic(mapped: tuple[Path, Any]
+                                                                 ) -> None:
+    from depthseg.mapping.products import downsample
+
+    out, report = mapped
+    root = xr.open_zarr(out / "mosaic.zarr", consolidated=False)
+    [level_path] = [d["path"] for d in root.attrs["multiscales"][0]["datasets"]
+                    if d["path"] != "."]
+    factor = int(level_path.rsplit("/", 1)[-1])
+    level = xr.open_zarr(out / "mosaic.zarr", group=level_path, consolidated=False)
+    assert level.rio.crs == root.rio.crs
+    assert level.rio.transform().a == pytest.approx(root.rio.transform().a * factor)
+    for layer in ("landcover", "confidence", "depth"):
+        expected = downsample(layer, root[layer].values, factor)
+        np.testing.assert_array_equal(level[layer].values, expected)
+    # The run's area is summed from the level's valid counts: exact, no mosaic re-read.
+    assert int(level.valid_count.values.sum()) == int((root.landcover.values != 255).sum())
+    assert report.valid_pixels == int((root.landcover.values != 255).sum())
+    # One overview COG per layer, equal to the level, referenced by the VRT as its overview.
+    for layer in ("landcover", "confidence", "depth"):
+        with rasterio.open(out / "cog" / "overview" / f"{layer}.tif") as cog:
+            data = cog.read(1)
+            expected = level[layer].values.astype(data.dtype)
+            np.testing.assert_array_equal(data, expected)
+            assert max(cog.shape) <= 8192
+        with rasterio.open(out / "cog" / f"{layer}.vrt") as vrt:
+            assert vrt.overviews(1)[0] == factor
+
+
+def test_stac_item_index_is_geoparquet_of_every_item(mapped: tuple[Path, Any]) -> None:
+    import pyarrow.parquet as pq
+    import shapely
+
+    out, _ = mapped
+    table = pq.read_table(out / "stac" / "items.parquet")
+    geo = json.loads(table.schema.metadata[b"geo"])
+    assert geo["primary_column"] == "geometry" and geo["columns"]["geometry"]["encoding"] == "WKB"
+    ids = table.column("id").to_pylist()
+    assert sorted(ids) == sorted(p.name for p in (out / "done").iterdir())
+    for k, key in enumerate(ids[:3]):
+        item = json.loads((out / "stac" / table.column("href")[k].as_py()).read_text())
+        assert item["id"] == key
+        polygon = shapely.from_wkb(table.column("geometry")[k].as_py())
+        assert polygon.bounds == pytest.approx(tuple(item["bbox"]), abs=1e-6)
 
 
 def test_existing_output_is_refused_without_resume(mapped: tuple[Path, Any],

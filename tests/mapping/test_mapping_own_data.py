@@ -165,9 +165,10 @@ def test_float_reflectance_maps_only_through_an_explicit_scale(tmp_path):
     from depthseg.mapping.stages import ChunkContext, read_chunk
 
     catalog = open_catalog(str(scene))
-    ctx = ChunkContext(catalog, plan.grid, plan.tiles, plan.bands, "unused", catalog.storage,
-                       scale=plan.scale, dtype="uint8", value_range=(0, 255))
-    pixels, valid = read_chunk(ctx, plan.chunks[0])
+    ctx = ChunkContext(plan.grid, plan.tiles, plan.bands, "unused", catalog.storage,
+                       source_dtype=catalog.dtype, scale=plan.scale, dtype="uint8",
+                       value_range=(0, 255))
+    pixels, valid = read_chunk(ctx, plan.chunks[0], catalog.scenes)
     assert pixels.dtype == np.uint8 and valid.any()
     with rasterio.open(scene) as src:
         expected = np.clip(np.rint(src.read() * 255), 0, 255)

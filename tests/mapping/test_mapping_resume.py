@@ -30,7 +30,8 @@ def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def _outputs(root: Path) -> dict[str, bytes]:
-    keep = ("mosaic.zarr/landcover/c", "mosaic.zarr/confidence/c", "mosaic.zarr/depth/c", "cog/")
+    keep = ("mosaic.zarr/landcover/c", "mosaic.zarr/confidence/c", "mosaic.zarr/depth/c",
+            "mosaic.zarr/levels/", "cog/")
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and str(p.relative_to(root)).startswith(keep)}
 

@@ -28,7 +28,9 @@ from pystac.validation.stac_validator import GetSchemaError
 from depthseg.geo import OutputGrid
 from depthseg.io.storage import Storage
 from depthseg.mapping import map_region
-from depthseg.mapping.finalize import _classes, _stac
+from depthseg.mapping.finalize import _collection
+from depthseg.mapping.products import classes as _classes
+from depthseg.mapping.products import stac_item
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "data" / "stac_schemas"
 PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
@@ -193,10 +195,10 @@ def test_a_crs_without_a_code_is_written_as_wkt2(tmp_path: Path,
     grid = OutputGrid(crs=custom, resolution=1.0, row_off=-2_700_288, col_off=512,
                       height=256, width=256, chunk_size=256)
     plan = SimpleNamespace(grid=grid)
-    _stac(str(tmp_path), Storage(), plan, grid.chunks(),  # type: ignore[arg-type]
-          contract_for("uint8", (1, 2, 3)))
-    (path,) = (tmp_path / "stac" / "items").glob("*.json")
-    item = json.loads(path.read_text())
+    contract = contract_for("uint8", (1, 2, 3))
+    _collection(str(tmp_path), Storage(), plan, grid.chunks(),  # type: ignore[arg-type]
+                contract, None, "2026-01-01T00:00:00+00:00")
+    item = stac_item(grid, grid.chunks()[0], contract, None, "2026-01-01T00:00:00+00:00")
     assert item["properties"]["proj:code"] is None
     assert item["properties"]["proj:wkt2"].startswith("PROJCRS[")
     validate_dict(item, validator=validator)
