@@ -6,6 +6,13 @@ Example::
 
 Prints tiles/s of each, the ratios, and the pipeline's peak memory on the region and on a
 region 16x larger (see ``depthseg.mapping.bench``).
+
+``--province`` runs the province simulation instead (``depthseg.mapping.province``): STAC
+planning of tens of thousands of Items, an S3 folder behind added latency, thousands of
+chunks end to end, per-chunk write cost, the per-run files at 100,000 chunks, and a
+projection of Guangxi on 8 GPUs::
+
+    python jobs/bench.py --province [--items 57600] [--cogs 2000] [--latency-ms 30]
 """
 
 from __future__ import annotations
@@ -30,7 +37,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-grow", action="store_true", help="skip the 16x-region run")
     parser.add_argument("--work-dir", type=Path, default=None, help="scratch (default: temp)")
     parser.add_argument("--json", type=Path, default=None, help="also write figures here")
+    parser.add_argument("--province", action="store_true",
+                        help="the province simulation and the Guangxi projection instead")
+    parser.add_argument("--items", type=int, default=57_600, help="province: STAC Items")
+    parser.add_argument("--cogs", type=int, default=2_000, help="province: COGs on S3")
+    parser.add_argument("--latency-ms", type=float, default=30.0,
+                        help="province: latency added to every S3 request")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        help="province: measurements to skip (stac s3 e2e 256 write index)")
     args = parser.parse_args(argv)
+
+    if args.province:
+        from depthseg.mapping.province import ProvinceOptions, format_province, run_province
+
+        with tempfile.TemporaryDirectory(prefix="depthseg-province-") as tmp:
+            figures = run_province(ProvinceOptions(
+                work_dir=args.work_dir or Path(tmp), items=args.items, cogs=args.cogs,
+                latency_s=args.latency_ms / 1000, region_px=4096, chunk=64,
+                num_cpus=args.num_cpus, skip=tuple(args.skip)),
+                log=lambda line: print(line, file=sys.stderr, flush=True))
+        print(format_province(figures))
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2))
+        return 0
 
     from depthseg.mapping.bench import BenchOptions, format_figures, run_benchmark
 

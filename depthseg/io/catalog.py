@@ -41,7 +41,13 @@ from shapely.strtree import STRtree
 
 from depthseg.errors import InputError, StorageError
 from depthseg.io.storage import Storage, join, scheme_of, with_retries
-from depthseg.io.warp import RESAMPLING, check_resampling, open_zarr_variable, read_scene
+from depthseg.io.warp import (
+    RESAMPLING,
+    check_resampling,
+    open_zarr_variable,
+    read_scene,
+    same_crs,
+)
 
 __all__ = ["RASTER_SUFFIXES", "RESAMPLING", "Catalog", "Scene", "composite", "describe_scene",
            "describe_scenes", "open_catalog"]
@@ -203,21 +209,21 @@ class Catalog:
     @property
     def band_names(self) -> tuple[str, ...]:
         """The scenes' band descriptions (``""`` where none); refuses scenes that disagree."""
-        described = {s.band_names[:self.count] for s in self.scenes if any(s.band_names)}
+        count = self.count
+        described = {s.band_names[:count] for s in self.scenes if any(s.band_names)}
         if len(described) > 1:
             shown = " vs ".join(str(list(d)) for d in sorted(described)[:2])
             raise InputError(f"imagery {self.source!r} mixes band descriptions ({shown}); "
                              "give scenes of one band layout")
-        return next(iter(described)) if described else ("",) * self.count
+        return next(iter(described)) if described else ("",) * count
 
     def footprints(self, crs: str) -> list[Any]:
         """Scene footprints (shapely polygons) in ``crs``, in :attr:`scenes` order."""
         if self._index_crs != crs:
             from depthseg.geo import reproject_geometry
 
-            target = CRS.from_string(crs)
             self._footprints = [
-                shapely.box(*s.bounds) if CRS.from_string(s.crs) == target
+                shapely.box(*s.bounds) if same_crs(s.crs, crs)
                 else reproject_geometry(shapely.box(*s.bounds), s.crs, crs) for s in self.scenes]
             self._tree = STRtree(self._footprints)
             self._index_crs = crs

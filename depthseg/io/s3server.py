@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -108,3 +109,77 @@ class LocalS3Server:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class LatencyProxy:
+    """A TCP proxy on 127.0.0.1 that delays every request burst by ``latency_s``.
+
+    Put it in front of :class:`LocalS3Server` to see what a far object store costs (each
+    HTTP request waits ``latency_s`` before it reaches the server), as the province
+    benchmark does. Counts the request bursts it delayed.
+    """
+
+    def __init__(self, upstream_port: int, latency_s: float = 0.03,
+                 host: str = "127.0.0.1") -> None:
+        self.upstream = (host, upstream_port)
+        self.latency_s = latency_s
+        self.host = host
+        self.requests = 0
+        self._lock = threading.Lock()
+        self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.bind((host, 0))
+        self._server.listen(256)
+        self.port = int(self._server.getsockname()[1])
+        self._stop = threading.Event()
+
+    @property
+    def endpoint_url(self) -> str:
+        """``http://HOST:PORT`` of the proxy."""
+        return f"http://{self.host}:{self.port}"
+
+    def storage(self) -> Storage:
+        """Storage settings that reach the server through this proxy."""
+        return Storage(s3=S3Config(endpoint_url=self.endpoint_url, key=_KEY, secret=_SECRET))
+
+    def _pump(self, source: socket.socket, target: socket.socket, delay: bool) -> None:
+        last = 0.0
+        try:
+            while not self._stop.is_set():
+                data = source.recv(65536)
+                if not data:
+                    break
+                now = time.monotonic()
+                if delay and now - last > 0.005:  # a new request, not the rest of one
+                    with self._lock:
+                        self.requests += 1
+                    time.sleep(self.latency_s)
+                last = time.monotonic()
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.upstream)
+            for source, target, delay in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(source, target, delay),
+                                 daemon=True).start()
+
+    def __enter__(self) -> LatencyProxy:
+        threading.Thread(target=self._serve, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._server.close()

@@ -113,14 +113,18 @@ def stac_scenes(uri: str, storage: Storage, asset: str = "image") -> list[Scene]
     if not isinstance(document, dict) or not isinstance(document.get("features"), list):
         raise InputError(f"{uri!r} is not a STAC ItemCollection (no 'features' list); give a "
                          "FeatureCollection of STAC Items")
-    try:
-        items = pystac.ItemCollection.from_dict(document, preserve_dict=False).items
-    except (pystac.STACError, KeyError, TypeError, ValueError) as err:
-        raise InputError(f"{uri!r} is not a valid STAC ItemCollection ({err}); check its "
-                         "Items") from err
+    features = document["features"]
     scenes: list[Scene | None] = []
     missing: list[tuple[int, str, str | None]] = []
-    for k, item in enumerate(items):
+    for k in range(len(features)):
+        # One Item at a time, each feature dropped once read: a province's ItemCollection is
+        # tens of thousands of Items, and only the scenes are kept.
+        feature, features[k] = features[k], None
+        try:
+            item = pystac.Item.from_dict(feature, preserve_dict=False)
+        except (pystac.STACError, KeyError, TypeError, ValueError) as err:
+            raise InputError(f"{uri!r}: feature {k} is not a valid STAC Item ({err}); check "
+                             "the ItemCollection") from err
         chosen = _choose_asset(item, asset, uri)
         href = relative_href(uri, chosen.href)
         scene = scene_from_metadata(item, chosen, href)

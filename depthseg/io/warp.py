@@ -45,8 +45,9 @@ def check_resampling(name: str) -> str:
     return name
 
 
-@lru_cache(maxsize=256)
-def _same_crs(a: str, b: str) -> bool:
+@lru_cache(maxsize=4096)
+def same_crs(a: str, b: str) -> bool:
+    """Whether two CRS strings name the same CRS (cached: catalogs repeat a few CRSs)."""
     return a == b or CRS.from_string(a) == CRS.from_string(b)
 
 
@@ -61,7 +62,7 @@ def aligned_offset(scene: Scene, crs: str, transform: Affine) -> tuple[int, int]
         return None
     if not (np.isclose(a, transform.a, rtol=1e-9) and np.isclose(e, transform.e, rtol=1e-9)):
         return None
-    if not _same_crs(scene.crs, crs):
+    if not same_crs(scene.crs, crs):
         return None
     col = (transform.c - c) / a
     row = (transform.f - f) / e

@@ -26,6 +26,7 @@ import json
 import math
 import tempfile
 import warnings
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,7 +64,6 @@ def _write_overviews(out: str, storage: Storage, plan: Plan, mosaic: Mosaic, fac
     Returns the run's mapped pixels (the sum of the level's valid counts).
     """
     grid = plan.grid
-    level = mosaic.level(factor)
     shape = products.block_shape(grid, factor)
     strip = grid.chunk_size // factor
     transform = grid.transform * rasterio.Affine.scale(factor)
@@ -80,13 +80,14 @@ def _write_overviews(out: str, storage: Storage, plan: Plan, mosaic: Mosaic, fac
         if colormap is not None:
             dst.write_colormap(1, colormap)
     try:
-        for top in range(0, shape[0], strip):
-            rows = slice(top, min(top + strip, shape[0]))
-            window = rasterio.windows.Window(0, top, shape[1], rows.stop - top)
-            valid += int(np.asarray(level["valid_count"][rows, :]).sum(dtype=np.int64))
+        tops = list(range(0, shape[0], strip))
+        spans = [(top, min(top + strip, shape[0])) for top in tops]
+        for (top, stop), (count, layers) in zip(spans, map_strips(
+                out, storage, factor, spans), strict=True):
+            window = rasterio.windows.Window(0, top, shape[1], stop - top)
+            valid += count
             for layer, dst in sources.items():
-                data = np.asarray(level[layer][rows, :])
-                dst.write(data.astype(COG_DTYPE[layer]), 1, window=window)
+                dst.write(layers[layer].astype(COG_DTYPE[layer]), 1, window=window)
     finally:
         for dst in sources.values():
             dst.close()
@@ -97,6 +98,48 @@ def _write_overviews(out: str, storage: Storage, plan: Plan, mosaic: Mosaic, fac
             products.translate_cog(src, layer, contract, None, local, 512, in_memory=False)
         storage.upload(local, overview_uri(out, layer))
     return valid
+
+
+def read_level_strip(out: str, storage: Storage, factor: int, top: int, stop: int,
+                     ) -> tuple[int, dict[str, np.ndarray]]:
+    """Rows ``top:stop`` of the overview level: (valid pixels under them, the layers)."""
+    from depthseg.mapping.write import Mosaic
+
+    level = Mosaic(out, storage).level(factor)
+    count = int(np.asarray(level["valid_count"][top:stop, :]).sum(dtype=np.int64))
+    return count, {layer: np.asarray(level[layer][top:stop, :]) for layer in RESAMPLING}
+
+
+def map_strips(out: str, storage: Storage, factor: int, spans: list[tuple[int, int]],
+               in_flight: int = 8) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """The level's strips, in order, read in parallel.
+
+    With Ray running they are Ray tasks (the driver then reads no Zarr chunk itself), else a
+    few threads. At most ``in_flight`` strips are held at once.
+    """
+    import ray
+
+    if ray.is_initialized():
+        remote = ray.remote(num_cpus=0.5)(read_level_strip)
+        pending = [remote.remote(out, storage, factor, *span) for span in spans[:in_flight]]
+        for k in range(len(spans)):
+            result = ray.get(pending[k])
+            pending[k] = None  # type: ignore[call-overload]
+            if k + in_flight < len(spans):
+                pending.append(remote.remote(out, storage, factor, *spans[k + in_flight]))
+            yield result
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(read_level_strip, out, storage, factor, *span)
+                   for span in spans[:in_flight]]
+        for k in range(len(spans)):
+            result = futures[k].result()
+            if k + in_flight < len(spans):
+                futures.append(pool.submit(read_level_strip, out, storage, factor,
+                                           *spans[k + in_flight]))
+            yield result
 
 
 def _vrt(layer: str, plan: Plan, chunks: list[ChunkId], contract: Contract,

@@ -10,6 +10,7 @@ half-written when the run was killed is simply written again.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -18,6 +19,8 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from depthseg.errors import InputError
 from depthseg.geo import ChunkId
@@ -112,6 +115,23 @@ def imagery_extent(catalog: Catalog, plan: Plan) -> tuple[str, str] | None:
     return products.acquisition_range([catalog.scenes[i].acquired for i in used])
 
 
+#: Pixels of a block of chunk rows read in one task (chunk + halo, all bands).
+BLOCK_BYTES = 64 * 2**20
+MAX_CHUNKS_PER_BLOCK = 16
+
+
+def chunks_per_block(ctx: ChunkContext, chunks: int, workers: int) -> int:
+    """How many chunks share one Ray Data block (and so one task per stage).
+
+    At most 64 MB of pixels and 16 chunks per block, and at least four blocks per worker so
+    that small runs still stream.
+    """
+    side = ctx.grid.chunk_size + 2 * ctx.tiles.halo_px
+    chunk_bytes = len(ctx.bands) * side * side * np.dtype(ctx.source_dtype).itemsize
+    return max(1, min(MAX_CHUNKS_PER_BLOCK, BLOCK_BYTES // chunk_bytes,
+                      chunks // (4 * max(workers, 1))))
+
+
 def _ray_stream(ctx: ChunkContext, rows: list[dict[str, str]], request: MapRequest,
                 bundle: Bundle | None, on_result: Callable[[dict[str, Any]], None]) -> None:
     import ray
@@ -129,7 +149,11 @@ def _ray_stream(ctx: ChunkContext, rows: list[dict[str, str]], request: MapReque
     cpu_threads = None if request.gpus > 0 else max(1, node_cpus // actors)
     separate_writes = (request.write_stage == "separate"
                        or (request.write_stage == "auto" and request.gpus > 0))
-    ds: Any = ray.data.from_items(rows, override_num_blocks=len(rows))
+    # Rows travel in blocks of a few chunks: Ray Data's driver-side cost is per task (one
+    # per block and stage), so small chunks share a task; large ones keep one per block so
+    # a block of pixels stays small (<= 64 MB) and the stream stays fine-grained.
+    per_block = chunks_per_block(ctx, len(rows), read_tasks + actors)
+    ds: Any = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / per_block))
     # Read tasks may run up to one chunk ahead of each actor; the rest is Ray's backpressure.
     ds = ds.map_batches(read_batch, batch_size=1, fn_kwargs={"ctx": ctx}, num_cpus=1,
                         compute=TaskPoolStrategy(size=read_tasks))
@@ -263,7 +287,7 @@ def map_region(request: MapRequest, storage: Storage | None = None,
             shown.add(str(row["error"]))
             log(str(row["detail"]))
 
-    map_start = time.perf_counter()
+    map_start, map_cpu = time.perf_counter(), time.process_time()
     try:
         if todo:
             if request.executor == "ray":
@@ -273,6 +297,7 @@ def map_region(request: MapRequest, storage: Storage | None = None,
                                               request.batch_size, compile_model=request.compile)
                 run_local(ctx, rows, predictor, on_result)
         report.seconds["map"] = time.perf_counter() - map_start
+        report.driver_map_cpu_s = time.process_time() - map_cpu
 
         final_start = time.perf_counter()
         done = sorted(mosaic.done_chunks() & set(plan.chunks))

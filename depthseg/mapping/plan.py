@@ -27,7 +27,7 @@ from depthseg.geo import (
 )
 from depthseg.io.bundle import Contract
 from depthseg.io.catalog import Catalog
-from depthseg.io.warp import check_resampling
+from depthseg.io.warp import check_resampling, same_crs
 
 PLAN_FORMAT = "depthseg-map-plan"
 #: Imagery within this factor of the bundle's ground resolution is mapped at its own.
@@ -189,8 +189,7 @@ def _ratio(a: float, b: float) -> float:
 
 def native_resolution(catalog: Catalog, crs: str) -> float:
     """The finest scene pixel in metres: exact in the output CRS, else measured on the ground."""
-    target = ProjCRS.from_user_input(crs)
-    exact = [s.resolution for s in catalog.scenes if ProjCRS.from_user_input(s.crs) == target]
+    exact = [s.resolution for s in catalog.scenes if same_crs(s.crs, crs)]
     if exact:
         return round(min(exact), 6)
     sizes = [g for g in (s.gsd() for s in catalog.scenes) if g]
@@ -238,14 +237,13 @@ def output_resolution(request: MapRequest, catalog: Catalog, crs: str, contract:
 def grid_phase(catalog: Catalog, crs: str, resolution: float, notes: list[str],
                ) -> tuple[float, float]:
     """The pixel phase of the imagery on the output grid (most scenes' phase), or (0, 0)."""
-    target = ProjCRS.from_user_input(crs)
     phases: dict[tuple[float, float], int] = {}
     for scene in catalog.scenes:
         a, b, _, d, e, _ = scene.transform[:6]
         if b or d or not math.isclose(a, resolution, rel_tol=1e-9) or not math.isclose(
                 -e, resolution, rel_tol=1e-9):
             continue
-        if ProjCRS.from_user_input(scene.crs) != target:
+        if not same_crs(scene.crs, crs):
             continue
         phase = pixel_phase(scene.transform, resolution)
         phases[phase] = phases.get(phase, 0) + 1

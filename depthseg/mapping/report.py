@@ -11,6 +11,15 @@ if TYPE_CHECKING:
     from depthseg.mapping.plan import MapRequest, Plan
 
 
+def driver_usage() -> dict[str, float]:
+    """CPU seconds and peak resident memory of this (the driver's) process so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
 @dataclass
 class RunReport:
     """Counts and timings of one run.
@@ -46,6 +55,7 @@ class RunReport:
     failed: dict[str, str] = field(default_factory=dict)
     tracebacks: dict[str, str] = field(default_factory=dict)
     finalise_steps: dict[str, float] = field(default_factory=dict)
+    driver_map_cpu_s: float = 0.0
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "predict": 0.0,
@@ -104,6 +114,9 @@ class RunReport:
             "cogs": {"encoded": self.done - self.cogs_reused, "reused": self.cogs_reused},
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "finalise_seconds": {k: round(v, 3) for k, v in self.finalise_steps.items()},
+            "driver": {**driver_usage(), "map_cpu_s": round(self.driver_map_cpu_s, 3),
+                       "map_ms_per_chunk": round(1000 * self.driver_map_cpu_s
+                                                 / max(self.todo, 1), 3)},
             "km2_mapped": round(self.km2, 6),
             "km2_per_hour": round(self.km2 / hours, 3),
             "ok": self.ok,
