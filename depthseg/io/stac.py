@@ -121,7 +121,7 @@ def stac_scenes(uri: str, storage: Storage, asset: str = "image") -> list[Scene]
         # tens of thousands of Items, and only the scenes are kept.
         feature, features[k] = features[k], None
         try:
-            item = pystac.Item.from_dict(feature, preserve_dict=False)
+            item = pystac.Item.from_dict(feature, preserve_dict=False, migrate=False)
         except (pystac.STACError, KeyError, TypeError, ValueError) as err:
             raise InputError(f"{uri!r}: feature {k} is not a valid STAC Item ({err}); check "
                              "the ItemCollection") from err

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from depthseg.mapping.write import Mosaic
 
 QUICKLOOK_MAX_PX = 1024
+#: From this many overview-level rows on, the strips are read by Ray tasks, not threads.
+RAY_STRIP_ROWS = 4096
 #: Up to this many Items, the Collection also links each one (small runs, STAC browsers).
 ITEM_LINKS_MAX = 2000
 
@@ -119,7 +121,9 @@ def map_strips(out: str, storage: Storage, factor: int, spans: list[tuple[int, i
     """
     import ray
 
-    if ray.is_initialized():
+    # Ray tasks pay a worker start each; they win only when the level has many blocks.
+    blocks = sum(stop - top for top, stop in spans)  # strip rows, a proxy for blocks read
+    if ray.is_initialized() and blocks >= RAY_STRIP_ROWS:
         remote = ray.remote(num_cpus=0.5)(read_level_strip)
         pending = [remote.remote(out, storage, factor, *span) for span in spans[:in_flight]]
         for k in range(len(spans)):

@@ -99,12 +99,18 @@ def chunk_rows(catalog: Catalog, plan: Plan, chunks: list[ChunkId]) -> list[dict
     if not chunks:
         return []
     under_read = catalog.scenes_meeting([plan.read_bounds(c) for c in chunks], plan.grid.crs)
+    used = sorted({i for idx in under_read for i in idx})
+    # Each scene is encoded once, then joined per chunk (a scene meets ~4-9 chunks).
+    encoded = {i: scenes_text([catalog.scenes[i]])[1:-1] for i in used}
+    dated = all(catalog.scenes[i].acquired for i in used)
+    times = {i: products.parse_time(str(catalog.scenes[i].acquired)).isoformat()
+             for i in used} if dated else {}
     rows = []
     for chunk, idx in zip(chunks, under_read, strict=True):
-        scenes = [catalog.scenes[i] for i in idx]
-        acquired = products.acquisition_range([s.acquired for s in scenes])
-        rows.append({"chunk": chunk.key, "scenes": scenes_text(scenes),
-                     "acquired": "|".join(acquired) if acquired else ""})
+        # ISO times of one zone sort as text: the range needs no parsing per chunk.
+        span = sorted(times[i] for i in idx) if dated and idx else []
+        rows.append({"chunk": chunk.key, "scenes": "[" + ",".join(encoded[i] for i in idx) + "]",
+                     "acquired": f"{span[0]}|{span[-1]}" if span else ""})
     return rows
 
 

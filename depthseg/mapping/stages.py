@@ -76,9 +76,14 @@ class ChunkContext:
         return self.dtype or self.source_dtype
 
 
+_SCENE_FIELDS = dataclasses.fields(Scene)
+
+
 def scenes_text(scenes: list[Scene]) -> str:
     """A row's scenes as compact JSON (what travels with a chunk key)."""
-    return json.dumps([dataclasses.astuple(s) for s in scenes], separators=(",", ":"))
+    # Scene fields are flat (strings, numbers, tuples of them): no deep copy needed.
+    return json.dumps([[getattr(s, f.name) for f in _SCENE_FIELDS] for s in scenes],
+                      separators=(",", ":"))
 
 
 def scenes_from_text(text: str) -> list[Scene]:

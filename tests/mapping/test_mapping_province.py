@@ -59,10 +59,11 @@ def test_latency_proxy_passes_bytes_and_counts_requests(s3_server, s3_prefix, tm
 def test_guangxi_projection_adds_the_stages_it_measures(tmp_path: Path) -> None:
     index = bench_index(ProvinceOptions(tmp_path), chunks=400)
     assert index["chunks"] == 400 and index["vrt_open_s"] >= 0
-    figures = {"stac": {"plan_total_s": 10.0, "chunks": 20_000},
-               "e2e": {"driver_ms_per_chunk": 2.0, "chunks": 1000, "level_px": 8192 ** 2,
-                       "finalise_steps_s": {"overview": 5.0, "quicklook": 0.1}},
-               "write": {"cpu_s_per_chunk": 0.5}, "index": index}
+    figures = {"stac": {"open_catalog_s": 5.0, "scenes": 50_000, "make_plan_s": 3.0,
+                        "chunk_rows_s": 2.0, "chunks": 20_000},
+               "e2e": {"driver_ms_per_chunk": 2.0, "finalise_steps_s": {"quicklook": 0.1}},
+               "write": {"cpu_s_per_chunk": 0.5, "level_read_s_per_chunk": 0.01},
+               "overview": {"cog_s": 30.0}, "index": index}
     projection = project_guangxi(figures)
     assert projection["chunks"] == 88_513 and projection["tiles_per_chunk"] == 25
     assert projection["map_gpu_bound_s"] == pytest.approx(88_513 * 25 / (8 * 340))

@@ -199,6 +199,15 @@ def test_changed_scene_recomputes_only_its_chunks(
             name = f"cog/{layer}/{key}.tif"
             assert storage.read_bytes(f"{scenario['out']}/runs/20261128T020000Z/{name}") == \
                 storage.read_bytes(f"{fresh}/{name}"), name
+    # So are the overview COGs and the overview level, and every chunk has its STAC Item.
+    for layer in ("landcover", "confidence", "depth"):
+        name = f"cog/overview/{layer}.tif"
+        assert storage.read_bytes(f"{scenario['out']}/runs/20261128T020000Z/{name}") == \
+            storage.read_bytes(f"{fresh}/{name}"), name
+    for key in sorted(touched | carried):
+        item = json.loads(storage.read_bytes(
+            f"{scenario['out']}/runs/20261128T020000Z/stac/items/{key}.json"))
+        assert item["id"] == key and item["collection"] == "depthseg-landcover"
 
 
 def test_failed_run_leaves_latest_and_is_retried(
