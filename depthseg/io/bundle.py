@@ -281,6 +281,21 @@ def verify_bundle(uri: str, storage: Storage | None = None) -> tuple[ModelConfig
     return config, contract
 
 
+def bundle_fingerprint(uri: str, storage: Storage | None = None) -> str:
+    """A bundle's identity: the hash of ``bundle.json`` and its weights' ETag (or size+mtime).
+
+    Cheap (two small requests), so a resumed run can tell another model from the same one.
+    """
+    import hashlib
+
+    from depthseg.io.storage import object_fingerprint
+
+    storage = storage or Storage()
+    manifest = storage.read_bytes(join(uri, MANIFEST))
+    weights = object_fingerprint(join(uri, WEIGHTS), storage)
+    return "sha256:" + hashlib.sha256(manifest + b"\n" + weights.encode()).hexdigest()
+
+
 def load_bundle(uri: str, storage: Storage | None = None) -> Bundle:
     """Load a bundle: validate its manifest, build the model, load the weights strictly.
 

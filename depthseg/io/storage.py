@@ -227,6 +227,32 @@ class Storage:
         with_retries(lambda: fs.put_file(os.fspath(local_path), path))
 
 
+def info_fingerprint(info: dict[str, Any], local: bool) -> str:
+    """A cheap identity of an object from one ``info`` call: ETag, else size + time."""
+    if not local:
+        etag = info.get("ETag") or info.get("etag")
+        if etag:
+            return f"etag:{str(etag).strip(chr(34))}"
+        modified = info.get("LastModified") or info.get("last_modified")
+        return f"size:{info.get('size')},modified:{modified}"
+    return f"size:{info.get('size')},mtime:{info.get('mtime')}"
+
+
+def object_fingerprint(uri: str, storage: Storage) -> str:
+    """ETag of an object, or size + mtime of a local file.
+
+    Raises:
+        StorageError: Nothing at ``uri``.
+    """
+    fs, path = storage.fs(uri)
+    fs.invalidate_cache(path)  # s3fs answers info() from cached listings; ask the store
+    try:
+        info = with_retries(lambda: fs.info(path))
+    except FileNotFoundError as err:
+        raise StorageError(f"{uri!r} does not exist; cannot fingerprint it") from err
+    return info_fingerprint(info, scheme_of(uri) in ("", "file"))
+
+
 def scheme_of(uri: str) -> str:
     """The URI scheme, ``""`` for plain paths (Windows drive letters count as paths)."""
     parsed = urlparse(uri)

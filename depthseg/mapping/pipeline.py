@@ -2,14 +2,17 @@
 
 Resume semantics: ``<out>/plan.json`` marks an output folder as a run's. Without ``resume``
 an output that already holds a plan is refused (nothing is overwritten by accident); with
-``resume`` the stored plan must equal the new one (same grid, chunks, tiles, bands) and only
-chunks without a done marker are computed. Chunk writes are idempotent, so a chunk that was
-half-written when the run was killed is simply written again.
+``resume`` the stored plan must equal the new one (same grid, chunks, tiles, bands), the
+model bundle and the imagery must be the ones the output was started with (``inputs.json``:
+their fingerprints), and only chunks without a done marker are computed. Chunk writes are
+idempotent, so a chunk that was half-written when the run was killed is simply written again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import os
 import sys
@@ -24,7 +27,7 @@ import numpy as np
 
 from depthseg.errors import InputError
 from depthseg.geo import ChunkId
-from depthseg.io.bundle import Bundle, Contract, verify_bundle
+from depthseg.io.bundle import Bundle, Contract, bundle_fingerprint, verify_bundle
 from depthseg.io.catalog import Catalog, open_catalog
 from depthseg.io.storage import Storage, join, scheme_of
 from depthseg.mapping import products
@@ -42,22 +45,67 @@ from depthseg.mapping.stages import (
 from depthseg.mapping.write import Mosaic
 
 PLAN = "plan.json"
+INPUTS = "inputs.json"
+
+
+def run_inputs(request: MapRequest, catalog: Catalog, bundle: Bundle | None,
+               storage: Storage) -> dict[str, Any]:
+    """What a run was made from: the model bundle's and the imagery catalog's fingerprints.
+
+    The catalog's is the hash of every scene's header (URI, grid, bands, dtype, no-data,
+    date): a scene added, removed, moved or re-gridded changes it, with no request per scene.
+    """
+    on_storage = scheme_of(request.model) in ("", "file", "s3")
+    if bundle is not None and not (on_storage and storage.exists(join(request.model,
+                                                                      "bundle.json"))):
+        model = "memory:" + hashlib.sha256(json.dumps(
+            bundle.contract.to_dict(), sort_keys=True).encode()).hexdigest()
+    else:
+        model = bundle_fingerprint(request.model, storage)
+    imagery = "sha256:" + hashlib.sha256(scenes_text(catalog.scenes).encode()).hexdigest()
+    return {"model": {"uri": request.model, "fingerprint": model},
+            "imagery": {"uri": request.imagery, "scenes": len(catalog.scenes),
+                        "fingerprint": imagery}}
+
+
+def _check_inputs(out: str, stored: dict[str, Any], inputs: dict[str, Any]) -> None:
+    for what, name in (("model", "the model bundle"), ("imagery", "the imagery")):
+        before, now = stored.get(what, {}), inputs[what]
+        if before.get("fingerprint") != now["fingerprint"]:
+            detail = (f"{before.get('uri')!r} -> {now['uri']!r}" if before.get("uri") !=
+                      now["uri"] else f"{now['uri']!r} changed since")
+            if what == "imagery" and before.get("scenes") != now["scenes"]:
+                detail += f" ({before.get('scenes')} -> {now['scenes']} scenes)"
+            raise InputError(f"output {out!r} was started with other inputs: {name} differs "
+                             f"({detail}); resume with the original {what}, or map into a new "
+                             "--out")
 
 
 def _start_output(request: MapRequest, plan: Plan, storage: Storage, mosaic: Mosaic,
-                  attrs: dict[str, Any]) -> set[ChunkId]:
-    """Create or reopen the output; returns the chunks already done."""
-    plan_uri = join(request.out, PLAN)
+                  attrs: dict[str, Any], inputs: dict[str, Any] | None = None,
+                  ) -> set[ChunkId]:
+    """Create or reopen the output; returns the chunks already done.
+
+    ``inputs`` (:func:`run_inputs`) are recorded in ``inputs.json`` and in the mosaic's
+    attributes on a fresh start; a resume with other inputs is refused, naming what changed.
+    """
+    plan_uri, inputs_uri = join(request.out, PLAN), join(request.out, INPUTS)
     if storage.exists(plan_uri):
         if not request.resume:
             raise InputError(f"output {request.out!r} already holds a mapping run ({PLAN}); "
                              "pass --resume to continue it, or give a new --out")
+        if inputs is not None and storage.exists(inputs_uri):
+            _check_inputs(request.out, json.loads(storage.read_bytes(inputs_uri)), inputs)
         if storage.read_bytes(plan_uri) != plan.to_json():
             raise InputError(f"output {request.out!r} holds a different plan (grid, chunks, tiles"
                              " or bands changed); rerun with the original options or a new --out")
         return mosaic.done_chunks() & set(plan.chunks)
     # The mosaic skeleton first, the plan last: a plan implies a usable mosaic.
+    if inputs is not None:
+        attrs = {**attrs, "depthseg_inputs": inputs}
     mosaic.create(plan.grid, attrs, products.overview_factor(plan.grid))
+    if inputs is not None:
+        storage.write_bytes_atomic(inputs_uri, json.dumps(inputs, indent=2).encode())
     storage.write_bytes_atomic(plan_uri, plan.to_json())
     return set()
 
@@ -263,7 +311,10 @@ def map_region(request: MapRequest, storage: Storage | None = None,
             request = replace(request, gpus=gpus)
     report = RunReport(request=request, notes=list(plan.notes))
     mosaic = Mosaic(request.out, storage)
-    already = _start_output(request, plan, storage, mosaic, mosaic_attrs(request, contract))
+    inputs = run_inputs(request, catalog, bundle, storage)
+    report.inputs = inputs
+    already = _start_output(request, plan, storage, mosaic, mosaic_attrs(request, contract),
+                            inputs)
     todo = [c for c in plan.chunks if c not in already]
     report.start(plan, already=len(already), todo=len(todo))
     log(f"plan: grid {plan.grid.shape[0]}x{plan.grid.shape[1]} px in {plan.grid.crs} at "

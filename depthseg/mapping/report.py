@@ -56,6 +56,7 @@ class RunReport:
     tracebacks: dict[str, str] = field(default_factory=dict)
     finalise_steps: dict[str, float] = field(default_factory=dict)
     driver_map_cpu_s: float = 0.0
+    inputs: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "predict": 0.0,
@@ -110,6 +111,7 @@ class RunReport:
                                **({"traceback": self.tracebacks[k]} if k in self.tracebacks
                                   else {})} for k, v in sorted(self.failed.items())],
             "notes": self.notes,
+            "inputs": self.inputs,
             "error": self.error,
             "cogs": {"encoded": self.done - self.cogs_reused, "reused": self.cogs_reused},
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},

@@ -21,7 +21,14 @@ from typing import Any
 
 from depthseg.errors import StorageError
 from depthseg.io.catalog import Scene
-from depthseg.io.storage import Storage, join, scheme_of, with_retries
+from depthseg.io.storage import (
+    Storage,
+    info_fingerprint,
+    join,
+    object_fingerprint,
+    scheme_of,
+    with_retries,
+)
 from depthseg.mapping.plan import Plan
 
 LEDGER = "ledger.json"
@@ -35,38 +42,13 @@ def _digest(parts: list[str]) -> str:
     return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def _info_fingerprint(info: dict[str, Any], local: bool) -> str:
-    if not local:
-        etag = info.get("ETag") or info.get("etag")
-        if etag:
-            return f"etag:{str(etag).strip(chr(34))}"
-        modified = info.get("LastModified") or info.get("last_modified")
-        return f"size:{info.get('size')},modified:{modified}"
-    return f"size:{info.get('size')},mtime:{info.get('mtime')}"
-
-
-def object_fingerprint(uri: str, storage: Storage) -> str:
-    """ETag of an object, or size + mtime of a local file.
-
-    Raises:
-        StorageError: Nothing at ``uri``.
-    """
-    fs, path = storage.fs(uri)
-    fs.invalidate_cache(path)  # s3fs answers info() from cached listings; ask the store
-    try:
-        info = with_retries(lambda: fs.info(path))
-    except FileNotFoundError as err:
-        raise StorageError(f"{uri!r} does not exist; cannot fingerprint it") from err
-    return _info_fingerprint(info, scheme_of(uri) in ("", "file"))
-
-
 def tree_fingerprint(uri: str, storage: Storage, skip: tuple[str, ...] = ()) -> str:
     """One fingerprint of every object under ``uri`` (names + their fingerprints)."""
     fs, path = storage.fs(uri)
     local = scheme_of(uri) in ("", "file")
     fs.invalidate_cache(path)
     found = with_retries(lambda: fs.find(path, detail=True))
-    parts = [f"{name[len(path):]}={_info_fingerprint(info, local)}"
+    parts = [f"{name[len(path):]}={info_fingerprint(info, local)}"
              for name, info in sorted(found.items())
              if name.rsplit("/", 1)[-1] not in skip and ".tmp-" not in name]
     return _digest(parts)
