@@ -71,14 +71,19 @@ def _end_cluster(temp_dir: str) -> None:
 @pytest.fixture()
 def head_cluster():
     temp_dir = tempfile.mkdtemp(prefix="rjs", dir="/tmp")  # short: Ray's socket paths
-    port, dashboard = _free_port(), _free_port()
-    # Every fixed default port (agent 52365, metrics, runtime-env agent...) may be taken by
-    # another Ray on this machine: give each its own free one.
-    ports = [f"--{name}={_free_port()}" for name in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-        "runtime-env-agent-port", "node-manager-port", "object-manager-port",
-        "ray-client-server-port", "min-worker-port")]
-    ports.append(f"--max-worker-port={int(ports[-1].split('=')[1]) + 200}")
+    names = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+             "runtime-env-agent-port", "node-manager-port", "object-manager-port",
+             "ray-client-server-port")
+    while True:
+        # Every fixed default port (agent 52365, metrics, runtime-env agent...) may be taken
+        # by another Ray on this machine: give each its own free one, none of them inside
+        # the worker port range (Ray refuses a component port that the range holds).
+        port, dashboard, low = _free_port(), _free_port(), _free_port()
+        chosen = [_free_port() for _ in names]
+        if all(not low <= p <= low + 200 for p in (port, dashboard, *chosen)):
+            break
+    ports = [f"--{name}={p}" for name, p in zip(names, chosen, strict=True)]
+    ports += [f"--min-worker-port={low}", f"--max-worker-port={low + 200}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     # The job's `python` must be this venv's: the raylet passes its PATH to the job driver.
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
