@@ -119,31 +119,27 @@ def map_strips(out: str, storage: Storage, factor: int, spans: list[tuple[int, i
     With Ray running they are Ray tasks (the driver then reads no Zarr chunk itself), else a
     few threads. At most ``in_flight`` strips are held at once.
     """
-    import ray
-
-    # Ray tasks pay a worker start each; they win only when the level has many blocks.
-    blocks = sum(stop - top for top, stop in spans)  # strip rows, a proxy for blocks read
-    if ray.is_initialized() and blocks >= RAY_STRIP_ROWS:
-        remote = ray.remote(num_cpus=0.5)(read_level_strip)
-        pending = [remote.remote(out, storage, factor, *span) for span in spans[:in_flight]]
-        for k in range(len(spans)):
-            result = ray.get(pending[k])
-            pending[k] = None  # type: ignore[call-overload]
-            if k + in_flight < len(spans):
-                pending.append(remote.remote(out, storage, factor, *spans[k + in_flight]))
-            yield result
-        return
     from concurrent.futures import ThreadPoolExecutor
 
+    import ray
+
+    # Ray tasks pay a worker start each; they win only when the level has many rows.
+    use_ray = ray.is_initialized() and sum(b - a for a, b in spans) >= RAY_STRIP_ROWS
+    remote = ray.remote(num_cpus=0.5)(read_level_strip) if use_ray else None
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(read_level_strip, out, storage, factor, *span)
-                   for span in spans[:in_flight]]
+
+        def submit(span: tuple[int, int]) -> Any:
+            if remote is not None:
+                return remote.remote(out, storage, factor, *span)
+            return pool.submit(read_level_strip, out, storage, factor, *span)
+
+        pending = [submit(span) for span in spans[:in_flight]]
         for k in range(len(spans)):
-            result = futures[k].result()
+            value = ray.get(pending[k]) if remote is not None else pending[k].result()
+            pending[k] = None  # hold at most ``in_flight`` strips
             if k + in_flight < len(spans):
-                futures.append(pool.submit(read_level_strip, out, storage, factor,
-                                           *spans[k + in_flight]))
-            yield result
+                pending.append(submit(spans[k + in_flight]))
+            yield value
 
 
 def _vrt(layer: str, plan: Plan, chunks: list[ChunkId], contract: Contract,

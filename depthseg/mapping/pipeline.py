@@ -135,38 +135,36 @@ def open_output(request: MapRequest, plan: Plan, contract: Contract,
                          Mosaic(request.out, storage), mosaic_attrs(request, contract))
 
 
-def chunk_rows(catalog: Catalog, plan: Plan, chunks: list[ChunkId]) -> list[dict[str, str]]:
-    """The rows of the stream: chunk key, the scenes under its read window, their dates.
+def chunk_rows(catalog: Catalog, plan: Plan, todo: Collection[ChunkId],
+               ) -> tuple[list[dict[str, str]], tuple[str, str] | None]:
+    """The rows of the stream for the ``todo`` chunks, and the imagery's time extent.
 
-    Scenes are in composite order, as JSON; their acquisition range gives the chunk's STAC
-    times.
-
-    One bulk query of the footprint index for all chunks at once; a read task then gets only
+    A row holds the chunk key, the scenes under its read window (composite order, as JSON)
+    and their acquisition range (the chunk's STAC times). The extent is the oldest and newest
+    acquisition of the scenes every planned chunk reads (the STAC Collection's), if all are
+    dated. One bulk query of the footprint index answers both; a read task then gets only
     its chunk's scenes, never the catalog.
     """
-    if not chunks:
-        return []
-    under_read = catalog.scenes_meeting([plan.read_bounds(c) for c in chunks], plan.grid.crs)
-    used = sorted({i for idx in under_read for i in idx})
-    # Each scene is encoded once, then joined per chunk (a scene meets ~4-9 chunks).
-    encoded = {i: scenes_text([catalog.scenes[i]])[1:-1] for i in used}
-    dated = all(catalog.scenes[i].acquired for i in used)
+    hits = catalog.scenes_meeting([plan.read_bounds(c) for c in plan.chunks], plan.grid.crs)
+    used = sorted({i for idx in hits for i in idx})
+    dated = bool(used) and all(catalog.scenes[i].acquired for i in used)
     times = {i: products.parse_time(str(catalog.scenes[i].acquired)).isoformat()
              for i in used} if dated else {}
+    extent = (min(times.values()), max(times.values())) if dated else None
+    wanted = set(todo)
+    encoded: dict[int, str] = {}  # each scene encoded once (a scene meets ~4-9 chunks)
     rows = []
-    for chunk, idx in zip(chunks, under_read, strict=True):
+    for chunk, idx in zip(plan.chunks, hits, strict=True):
+        if chunk not in wanted:
+            continue
+        for i in idx:
+            if i not in encoded:
+                encoded[i] = scenes_text([catalog.scenes[i]])[1:-1]
         # ISO times of one zone sort as text: the range needs no parsing per chunk.
         span = sorted(times[i] for i in idx) if dated and idx else []
         rows.append({"chunk": chunk.key, "scenes": "[" + ",".join(encoded[i] for i in idx) + "]",
                      "acquired": f"{span[0]}|{span[-1]}" if span else ""})
-    return rows
-
-
-def imagery_extent(catalog: Catalog, plan: Plan) -> tuple[str, str] | None:
-    """(oldest, newest) acquisition of the scenes the planned chunks read, if all dated."""
-    hits = catalog.scenes_meeting([plan.read_bounds(c) for c in plan.chunks], plan.grid.crs)
-    used = sorted({i for row in hits for i in row})
-    return products.acquisition_range([catalog.scenes[i].acquired for i in used])
+    return rows, extent
 
 
 #: Pixels of a block of chunk rows read in one task (chunk + halo, all bands).
@@ -254,8 +252,8 @@ def check_output(out: str, storage: Storage) -> None:
             raise InputError(f"--out {out!r}: {str(parent)!r} is not writable; give a folder "
                              "you can write to")
         return
-    fs, path = storage.fs(out)
-    bucket = path.split("/", 1)[0]
+    fs, key = storage.fs(out)
+    bucket = key.split("/", 1)[0]
     try:
         found = fs.exists(bucket)
     except (OSError, PermissionError) as err:
@@ -327,7 +325,7 @@ def map_region(request: MapRequest, storage: Storage | None = None,
                        scale=plan.scale, dtype=contract.input_dtype,
                        value_range=contract.value_range, contract=contract, factor=factor,
                        created=report.started_at)
-    rows = chunk_rows(catalog, plan, todo)
+    rows, extent = chunk_rows(catalog, plan, todo)
     report.seconds["plan"] = time.perf_counter() - started
     shown: set[str] = set()
 
@@ -359,7 +357,7 @@ def map_region(request: MapRequest, storage: Storage | None = None,
         final_start = time.perf_counter()
         done = sorted(mosaic.done_chunks() & set(plan.chunks))
         report.valid_pixels = finalize(request.out, storage, plan, mosaic, done, contract,
-                                       factor, imagery_extent(catalog, plan),
+                                       factor, extent,
                                        report.started_at, report.finalise_steps)
         report.cogs_reused = len(set(cogs_ready) & set(done))
         report.seconds["finalise"] = time.perf_counter() - final_start

@@ -250,9 +250,9 @@ def proj_fields(grid: OutputGrid) -> dict[str, Any]:
 
 
 def parse_time(text: str) -> datetime:
-    """ISO text -> an aware datetime (UTC when the text has no zone)."""
+    """ISO text -> an aware datetime in UTC (text without a zone is taken as UTC)."""
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def stac_item(grid: OutputGrid, chunk: ChunkId, contract: Contract,

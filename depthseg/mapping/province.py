@@ -92,7 +92,7 @@ def write_item_collection(path: Path, items: int, tile_m: float = 1000.0,
     side = math.ceil(math.sqrt(items))
     x0, y0 = 400_000.0, 2_900_000.0  # UTM 49N, inside Guangxi
     shape = int(round(tile_m / resolution))
-    features = []
+    features: list[dict[str, Any]] = []
     for k in range(items):
         row, col = divmod(k, side)
         left, top = x0 + col * tile_m, y0 - row * tile_m
@@ -128,7 +128,7 @@ def plan_stac(path: str) -> dict[str, Any]:
     plan = make_plan(request, catalog, _contract())
     times["make_plan_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    rows = chunk_rows(catalog, plan, plan.chunks)
+    rows, _ = chunk_rows(catalog, plan, plan.chunks)
     times["chunk_rows_s"] = time.perf_counter() - start
     start = time.perf_counter()
     plan_json = plan.to_json()
@@ -292,7 +292,7 @@ def bench_write(options: ProvinceOptions, size: int = 2048, repeats: int = 3) ->
     mosaic = Mosaic(str(out), storage)
     for chunk in grid.chunks()[:repeats]:
         start = time.process_time()
-        write_products(ctx, ChunkId(chunk.row, chunk.col), prediction, None)
+        write_products(ctx, mosaic, ChunkId(chunk.row, chunk.col), prediction, None)
         times.append(time.process_time() - start)
         # What the finaliser's strip readers spend per chunk: its four level blocks.
         window = grid.chunk_window(chunk)

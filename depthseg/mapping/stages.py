@@ -88,8 +88,13 @@ def scenes_text(scenes: list[Scene]) -> str:
 
 def scenes_from_text(text: str) -> list[Scene]:
     """Inverse of :func:`scenes_text`."""
-    return [Scene(*[tuple(v) if isinstance(v, list) else v for v in fields])
-            for fields in json.loads(text)]
+    names = [f.name for f in _SCENE_FIELDS]
+    scenes = []
+    for values in json.loads(text):
+        fields: dict[str, Any] = {name: tuple(v) if isinstance(v, list) else v
+                                  for name, v in zip(names, values, strict=True)}
+        scenes.append(Scene(**fields))
+    return scenes
 
 
 def read_chunk(ctx: ChunkContext, chunk: ChunkId, scenes: list[Scene],
@@ -108,17 +113,18 @@ def read_chunk(ctx: ChunkContext, chunk: ChunkId, scenes: list[Scene],
     return pixels, valid
 
 
-def write_products(ctx: ChunkContext, chunk: ChunkId, prediction: ChunkPrediction,
-                   acquired: tuple[str, str] | None, cogs: bool = True) -> int:
+def write_products(ctx: ChunkContext, mosaic: Mosaic, chunk: ChunkId,
+                   prediction: ChunkPrediction, acquired: tuple[str, str] | None,
+                   cogs: bool = True) -> int:
     """Write everything one chunk produces, done marker last; return its mapped pixels.
 
-    See :mod:`depthseg.mapping.products` for the list.
+    See :mod:`depthseg.mapping.products` for the list. ``mosaic`` is the run's, opened once
+    per batch (opening it reads the group's metadata).
 
     ``cogs=False`` when the chunk's COG tiles are already in place (an incremental run
     copied them from the run it carries the chunk from).
     """
     assert ctx.contract is not None
-    mosaic = Mosaic(ctx.out, ctx.storage)
     blocks = products.overview_blocks(prediction, ctx.factor)
     mosaic.write_layers(ctx.grid, chunk, prediction, blocks, ctx.factor)
     if cogs:
@@ -247,6 +253,7 @@ def write_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, np
 
     Only chunk keys, errors, timings and valid-pixel counts leave this stage.
     """
+    mosaic = Mosaic(ctx.out, ctx.storage)
     results: dict[str, list[Any]] = {"chunk": [], "error": [], "detail": [], "read_s": [],
                                      "predict_s": [], "write_s": [], "valid": []}
     for i, key in enumerate(batch["chunk"]):
@@ -254,7 +261,7 @@ def write_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, np
         if not error:
             start = time.perf_counter()
             try:
-                valid = write_products(ctx, ChunkId.parse(str(key)), ChunkPrediction(
+                valid = write_products(ctx, mosaic, ChunkId.parse(str(key)), ChunkPrediction(
                     **{name: batch[name][i] for name in LAYERS}),
                     _acquired(str(batch["acquired"][i])))
             except Exception as err:  # noqa: BLE001 - fail the chunk, keep the run

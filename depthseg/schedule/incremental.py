@@ -246,7 +246,7 @@ def carry_over(run: RunPlan, storage: Storage, contract: Contract,
 
     def copy(chunk: ChunkId) -> None:
         acquired = products.acquisition_range([s["acquired"] for s in run.scenes[chunk.key]])
-        write_products(ctx, chunk, source.read_chunk(grid, chunk), acquired,
+        write_products(ctx, target, chunk, source.read_chunk(grid, chunk), acquired,
                        cogs=chunk not in cogs_ready)
 
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(todo)))) as pool:

@@ -186,7 +186,7 @@ def _scheduler_state_for(scheduler: Any, state: dict[str, Any]) -> dict[str, Any
 
 def _numpy_rng_state() -> tuple[Any, ...]:
     name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    return name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached
+    return name, torch.from_numpy(np.asarray(keys).astype(np.int64)), pos, has_gauss, cached
 
 
 def _numpy_rng_tuple(saved: Any) -> tuple[Any, ...]:

@@ -36,7 +36,7 @@ def test_stac_items_with_proj_metadata_are_planned_without_opening_a_file(tmp_pa
     request = MapRequest(bbox=(minx + 100, miny + 100, maxx - 100, maxy - 100), bbox_crs=UTM49,
                          imagery=str(path), model="m", out="o", chunk_size=512)
     plan = make_plan(request, catalog, _contract())
-    rows = chunk_rows(catalog, plan, plan.chunks)
+    rows, _ = chunk_rows(catalog, plan, plan.chunks)
     assert len(rows) == len(plan.chunks) > 100
     for row, chunk in list(zip(rows, plan.chunks, strict=True))[::37]:
         carried = scenes_from_text(row["scenes"])

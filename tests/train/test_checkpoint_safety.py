@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_helpers import make_scenes
+from train_helpers import scene_store
 
 import depthseg.train.checkpoint as checkpoint
 import depthseg.train.loop as loop
@@ -29,7 +29,6 @@ from depthseg.train.checkpoint import (
 )
 from depthseg.train.data import LocalFeed
 from depthseg.train.loop import Hooks, RunSpec, build_optimizer, fit
-from depthseg.train.prepare import PrepareOptions, prepare_chips
 
 CONFIG = load_config("configs/tiny.yaml")
 
@@ -84,13 +83,7 @@ def private_tmp(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="module")
 def chip_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
-    data = make_scenes(root, size=128)
-    out = str(root / "store")
-    prepare_chips(PrepareOptions(out=out, scenes=(str(root / "scenes"),),
-                                 labels=(str(data["labels"]),), height=str(data["height"]),
-                                 chip_size=32, block=1, fractions=(0.6, 0.2, 0.2)),
-                  log=lambda *_: None)
-    return out
+    return scene_store(root, str(root / "store"), 128, 32, (0.6, 0.2, 0.2))
 
 
 def test_malicious_state_is_refused_without_running_it(tmp_path):

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from train_helpers import load_job, make_scenes
+from train_helpers import load_job, scene_store
 
 from depthseg.config import load_config
 from depthseg.io.bundle import load_bundle
@@ -17,7 +17,6 @@ from depthseg.train.checkpoint import STATE_FILE
 from depthseg.train.data import LocalFeed, augment
 from depthseg.train.evaluate import evaluate
 from depthseg.train.loop import RunSpec, align_schedule, build_optimizer, fit
-from depthseg.train.prepare import PrepareOptions, prepare_chips
 
 CONFIG = load_config("configs/tiny.yaml")
 
@@ -30,13 +29,7 @@ def _config(epochs: int = 3, batch: int = 2):
 @pytest.fixture(scope="module")
 def chip_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("loop")
-    data = make_scenes(root, size=128)
-    out = str(root / "store")
-    prepare_chips(PrepareOptions(out=out, scenes=(str(root / "scenes"),),
-                                 labels=(str(data["labels"]),), height=str(data["height"]),
-                                 chip_size=32, block=1,
-                                 fractions=(0.6, 0.2, 0.2)), log=lambda *_: None)
-    return out
+    return scene_store(root, str(root / "store"), 128, 32, (0.6, 0.2, 0.2))
 
 
 def _fit(store, run_dir, config, **kw):

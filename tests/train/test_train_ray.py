@@ -6,25 +6,19 @@ import dataclasses
 import json
 
 import pytest
-from train_helpers import make_scenes
+from train_helpers import scene_store
 
 from depthseg.config import load_config
 from depthseg.errors import InputError
 from depthseg.io.bundle import load_bundle
 from depthseg.io.storage import Storage, join
 from depthseg.train.loop import RunSpec
-from depthseg.train.prepare import PrepareOptions, prepare_chips
 from depthseg.train.ray_train import Scaling, train
 
 
 @pytest.mark.slow
 def test_two_worker_ddp_run_learns_and_survives_a_failure(tmp_path, ray_local):
-    data = make_scenes(tmp_path, size=256)
-    chips = str(tmp_path / "store")
-    prepare_chips(PrepareOptions(out=chips, scenes=(str(tmp_path / "scenes"),),
-                                 labels=(str(data["labels"]),), height=str(data["height"]),
-                                 chip_size=64, block=1, fractions=(0.75, 0.25, 0.0)),
-                  log=lambda *_: None)
+    chips = scene_store(tmp_path, str(tmp_path / "store"), 256, 64, (0.75, 0.25, 0.0))
     base = load_config("configs/tiny.yaml")
     config = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=3,
                                                                  batch_size=4))
@@ -53,12 +47,8 @@ def test_two_worker_ddp_run_learns_and_survives_a_failure(tmp_path, ray_local):
 
 @pytest.mark.slow
 def test_run_storage_and_chips_on_s3(tmp_path, ray_local, s3_prefix, s3_storage):
-    data = make_scenes(tmp_path, size=128)
-    chips = join(s3_prefix, "chips")
-    prepare_chips(PrepareOptions(out=chips, scenes=(str(tmp_path / "scenes"),),
-                                 labels=(str(data["labels"]),), height=str(data["height"]),
-                                 chip_size=64, block=1, fractions=(0.5, 0.5, 0.0)),
-                  s3_storage, log=lambda *_: None)
+    chips = scene_store(tmp_path, join(s3_prefix, "chips"), 128, 64, (0.5, 0.5, 0.0),
+                        s3_storage)
     base = load_config("configs/tiny.yaml")
     config = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=2,
                                                                  batch_size=1))

@@ -75,6 +75,19 @@ def make_scenes(root: Path, size: int = 256, seed: int = 0, dtype: str = "uint8"
             "scenes": [scene_a, scene_b], "image": image, "label_array": labels}
 
 
+def scene_store(root: Path, out: str, size: int, chip_size: int,
+                fractions: tuple[float, float, float], storage=None) -> str:  # noqa: ANN001
+    """A chip store (nDSM depth, one split per chip) from :func:`make_scenes` under ``root``."""
+    from depthseg.train.prepare import PrepareOptions, prepare_chips
+
+    data = make_scenes(root, size=size)
+    prepare_chips(PrepareOptions(out=out, scenes=(str(root / "scenes"),),
+                                 labels=(str(data["labels"]),), height=str(data["height"]),
+                                 chip_size=chip_size, block=1, fractions=fractions),
+                  storage, log=lambda *_: None)
+    return out
+
+
 def make_pairs(root: Path, n: int = 6, size: int = 64, seed: int = 0, layout: str = "pairs",
                dtype: str = "uint8") -> list[Path]:
     """``n`` chip pairs of ``size`` px in the ``pairs`` or ``loveda`` layout."""
