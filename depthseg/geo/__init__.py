@@ -30,7 +30,11 @@ if TYPE_CHECKING:
         TileSpec,
         axis_offsets,
         chunk_read_window,
+        lattice_chunk_size,
+        lattice_halo,
+        lattice_offsets,
         round_to_patch,
+        select_tiles,
         tile_windows,
     )
 
@@ -57,7 +61,11 @@ _WHERE = {
     "TileSpec": "tiles",
     "axis_offsets": "tiles",
     "chunk_read_window": "tiles",
+    "lattice_chunk_size": "tiles",
+    "lattice_halo": "tiles",
+    "lattice_offsets": "tiles",
     "round_to_patch": "tiles",
+    "select_tiles": "tiles",
     "tile_windows": "tiles",
 }
 
@@ -81,10 +89,14 @@ __all__ = [
     "blend_weights",
     "chunk_read_window",
     "crop_halo",
+    "lattice_chunk_size",
+    "lattice_halo",
+    "lattice_offsets",
     "parse_crs",
     "pixel_phase",
     "plan_grid",
     "round_to_patch",
+    "select_tiles",
     "tile_windows",
 ]
 

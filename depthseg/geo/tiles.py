@@ -1,27 +1,32 @@
 """Halos and model tiles inside a chunk: pure index maths, no I/O.
 
-A chunk is read with a halo (its window grown by ``halo`` pixels on every side) and cut into
-overlapping square tiles; tile outputs are blended (see :mod:`depthseg.geo.blend`) and the
-halo is cropped off again. With ``halo >= overlap`` every chunk pixel lies at least ``overlap``
-pixels inside the outermost tiles, i.e. where blending weights are flat, so a chunk's border
-pixels get the same full-context prediction as its centre and chunks meet without seams.
+Tiles lie on a *lattice*: per axis a chunk of ``C`` pixels is split into ``n = ceil(C /
+stride)`` equal cells (``stride = tile - overlap``) and one tile is centred on each cell. When
+``C`` is a multiple of the stride (the planner's default chunk size) the cells are exactly
+``stride`` wide, the tiles of neighbouring chunks continue one region-wide lattice, and every
+tile belongs to exactly one chunk: no tile is computed twice and the tile count is the
+minimal cover of the mapped area. Other chunk sizes get ``n`` slightly narrower cells (tiles
+overlap a little more; still no tile is computed twice).
 
-Edge rule of :func:`tile_windows` (per axis, length ``L``, tile ``T``, ``stride = T - overlap``):
+A tile reaches ``(tile - cell) / 2`` pixels (``overlap / 2`` on the lattice) beyond its cell;
+at a chunk's edge that part lies in the chunk's *halo*, the margin read around the chunk
+(:func:`lattice_halo`). Tile outputs are blended (see :mod:`depthseg.geo.blend`) and the halo
+is cropped off again, so every chunk pixel lies at least ``overlap / 2`` pixels inside a tile:
+no pixel is predicted from a tile's edge.
 
-- tiles start at ``0, stride, 2 * stride, ...``;
-- the last tile is shifted inward so it ends exactly at ``L``: it never reaches past the data,
-  and it overlaps its neighbour by at least ``overlap`` pixels;
-- so for ``L >= T`` there are ``ceil((L - T) / stride) + 1`` tiles and every pixel is covered;
-- for ``L < T`` there is one tile at 0 and the *caller pads* the data by ``T - L`` pixels at
-  the bottom / right (with no-data, marked invalid) to make a full tile.
+:func:`tile_windows` (one sliding window over an area, the last window shifted inward) is
+kept for training chips and for the plain-loop baseline of ``jobs/bench.py``.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from numbers import Integral
 from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
 
 from depthseg.errors import InputError
 
@@ -82,10 +87,112 @@ class TileSpec:
         return self.overlap if self.halo is None else self.halo
 
     def layout(self, chunk_height: int, chunk_width: int) -> TileLayout:
-        """Tiles over a chunk of the given size plus this spec's halo on every side."""
+        """The lattice tiles of a chunk of the given size, read with this spec's halo.
+
+        Offsets are in the chunk + halo area (the chunk's first pixel is at ``halo_px``).
+        """
         halo = self.halo_px
-        return tile_windows(chunk_height + 2 * halo, chunk_width + 2 * halo,
-                            self.tile, self.overlap)
+        rows = lattice_offsets(chunk_height, self.tile, self.overlap, halo)
+        cols = lattice_offsets(chunk_width, self.tile, self.overlap, halo)
+        height, width = chunk_height + 2 * halo, chunk_width + 2 * halo
+        return TileLayout(height=height, width=width, tile=self.tile, overlap=self.overlap,
+                          offsets=tuple(TileOffset(r, c) for r in rows for c in cols),
+                          pad_rows=max(self.tile - height, 0),
+                          pad_cols=max(self.tile - width, 0))
+
+
+def _cell_edges(length: int, stride: int) -> list[int]:
+    count = max(1, math.ceil(length / stride))
+    return [(i * length) // count for i in range(count + 1)]
+
+
+def lattice_offsets(length: int, tile: int, overlap: int, halo: int) -> list[int]:
+    """Tile starts along one axis of a chunk of ``length`` pixels, in chunk + halo coordinates.
+
+    One tile per cell (see the module docstring), centred on it; a tile that would reach past
+    the chunk + halo area is moved inward. An area smaller than one tile gets one tile at 0
+    (the caller pads, as for :func:`tile_windows`).
+    """
+    _check_tile(tile, overlap)
+    if length < 1 or halo < 0:
+        raise InputError(f"cannot tile a chunk of {length} pixels with halo {halo}; give a "
+                         "length of at least 1 and a halo of 0 or more")
+    area = length + 2 * halo
+    if area <= tile:
+        return [0]
+    edges = _cell_edges(length, tile - overlap)
+    return [min(max(lo + (hi - lo) // 2 - tile // 2 + halo, 0), area - tile)
+            for lo, hi in itertools.pairwise(edges)]
+
+
+def lattice_halo(chunk: int, tile: int, overlap: int) -> int:
+    """The halo a chunk's lattice tiles reach into.
+
+    ``overlap / 2`` when ``chunk`` is a multiple of the stride, more for other chunk sizes.
+    """
+    _check_tile(tile, overlap)
+    edges = _cell_edges(chunk, tile - overlap)
+    starts = [lo + (hi - lo) // 2 - tile // 2 for lo, hi in itertools.pairwise(edges)]
+    return max(0, -min(starts), max(starts) + tile - chunk)
+
+
+def lattice_chunk_size(tile: int, overlap: int, batch_size: int = 8,
+                       target: int = 2048) -> int:
+    """A chunk side that is a multiple of the stride, near ``target``.
+
+    Its tile count per chunk (``n * n``) fills whole batches of ``batch_size`` when it can.
+
+    E.g. tile 518, overlap 64, batch 8: 1816 px (4 x 4 tiles of stride 454, 2 batches).
+    """
+    _check_tile(tile, overlap)
+    stride = tile - overlap
+    step = next((m for m in range(1, batch_size + 1) if (m * m) % batch_size == 0), 1)
+    ideal = max(target / stride, 1.0)
+    best = max(step, round(ideal / step) * step)
+    return best * stride
+
+
+def select_tiles(layout: TileLayout, valid: np.ndarray, halo: int,
+                 margin: int | None = None) -> list[TileOffset]:
+    """The tiles of ``layout`` a chunk needs: none that only sees no-data, none redundant.
+
+    A tile is needed when it holds a valid chunk pixel (halo excluded) that no other needed
+    tile covers at least ``margin`` pixels (default: a quarter of the overlap) inside its
+    edges. Tiles with the fewest valid pixels are dropped first, so the choice depends only on
+    the valid mask (a resumed chunk drops the same tiles). On a fully valid chunk nothing is
+    dropped; at the edge of the imagery a lattice tile that would only add a sliver already
+    covered by its neighbour is dropped, so a region costs no more tiles than one sliding
+    window over it.
+
+    Args:
+        layout: The chunk's lattice (:meth:`TileSpec.layout`).
+        valid: (rows, cols) bool over the padded chunk + halo area.
+        halo: The halo in pixels (its pixels do not need covering).
+        margin: Pixels inside a tile's edges that count as covered.
+    """
+    margin = layout.overlap // 4 if margin is None else margin
+    tile = layout.tile
+    rows, cols = valid.shape
+    inner = np.zeros(valid.shape, dtype=bool)
+    inner[halo:rows - halo, halo:cols - halo] = valid[halo:rows - halo, halo:cols - halo]
+    windows = {o: (slice(o.row_off, o.row_off + tile), slice(o.col_off, o.col_off + tile))
+               for o in layout.offsets}
+    core = {o: (slice(o.row_off + margin, o.row_off + tile - margin),
+                slice(o.col_off + margin, o.col_off + tile - margin)) for o in layout.offsets}
+    counts = {o: int(inner[windows[o]].sum()) for o in layout.offsets}
+    kept = [o for o in layout.offsets if counts[o]]
+    covered = np.zeros(valid.shape, dtype=np.int32)
+    own = np.zeros((tile, tile), dtype=np.int32)  # a tile's own share of ``covered``
+    own[margin:tile - margin, margin:tile - margin] = 1
+    for offset in kept:
+        covered[core[offset]] += 1
+    for offset in sorted(kept, key=lambda o: (counts[o], o)):
+        window = windows[offset]
+        others = covered[window] - own
+        if (others[inner[window]] >= 1).all():
+            covered[core[offset]] -= 1
+            kept.remove(offset)
+    return kept
 
 
 @dataclass(frozen=True)

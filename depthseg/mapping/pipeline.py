@@ -268,7 +268,7 @@ def map_region(request: MapRequest, storage: Storage | None = None,
                bundle: Bundle | None = None, log: Callable[[str], None] | None = None,
                cogs_ready: Collection[ChunkId] = (),
                start_ray: Callable[[], int | None] | None = None,
-               ) -> RunReport:
+               command_start: float | None = None) -> RunReport:
     """Map a region: plan, predict every chunk with imagery, write the mosaics, finalise.
 
     Every input is checked before Ray starts or anything is written: the bundle (manifest and
@@ -284,6 +284,8 @@ def map_region(request: MapRequest, storage: Storage | None = None,
             (counted as reused in ``run.json``).
         start_ray: Called once the inputs are checked, before the Ray stream (the CLI starts or
             joins Ray here); it may return the number of GPUs to use (for ``--gpus`` unset).
+        command_start: Epoch seconds when the command started (``seconds.first_tile`` in
+            ``run.json`` counts from it; default: from the start of the map stage).
 
     Returns:
         The run report (also written to ``<out>/run.json``); ``report.failed`` lists chunks
@@ -330,8 +332,6 @@ def map_region(request: MapRequest, storage: Storage | None = None,
     shown: set[str] = set()
 
     def on_result(row: dict[str, Any]) -> None:
-        if not report.finished:  # start-up: workers, model load, first read and predict
-            report.seconds["first_chunk"] = time.perf_counter() - map_start
         report.add_chunk(row)
         state = f"FAILED ({row['error']})" if row["error"] else "done"
         log(f"[{report.finished}/{len(todo)} {100 * report.finished / len(todo):.0f}%"
@@ -343,6 +343,9 @@ def map_region(request: MapRequest, storage: Storage | None = None,
             log(str(row["detail"]))
 
     map_start, map_cpu = time.perf_counter(), time.process_time()
+    report.timeline["map"] = time.time()
+    if command_start is not None:
+        report.timeline["command"] = command_start
     try:
         if todo:
             if request.executor == "ray":
@@ -353,6 +356,14 @@ def map_region(request: MapRequest, storage: Storage | None = None,
                 run_local(ctx, rows, predictor, on_result)
         report.seconds["map"] = time.perf_counter() - map_start
         report.driver_map_cpu_s = time.process_time() - map_cpu
+        # Start-up, from the workers' own clocks (the driver sees results a block late):
+        # the first chunk's products written, and the first tile on a model.
+        timeline = report.timeline
+        if "first_chunk_done" in timeline:
+            report.seconds["first_chunk"] = timeline["first_chunk_done"] - timeline["map"]
+        if "first_tile" in timeline:
+            report.seconds["first_tile"] = timeline["first_tile"] - timeline.get(
+                "command", timeline["map"])
 
         final_start = time.perf_counter()
         done = sorted(mosaic.done_chunks() & set(plan.chunks))

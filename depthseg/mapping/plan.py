@@ -16,12 +16,13 @@ from pyproj import CRS as ProjCRS
 
 from depthseg.errors import InputError
 from depthseg.geo import (
-    DEFAULT_CHUNK_SIZE,
     DEFAULT_OVERLAP,
     ChunkId,
     OutputGrid,
     TileSpec,
     chunk_read_window,
+    lattice_chunk_size,
+    lattice_halo,
     pixel_phase,
     plan_grid,
 )
@@ -51,7 +52,9 @@ class MapRequest:
         resolution: Output pixel size in metres; ``None``: the imagery's, or the bundle's
             ground resolution when the imagery differs from it by more than 25 %;
             ``"native"``: the imagery's whatever the bundle says.
-        chunk_size: Chunk side in pixels.
+        chunk_size: Chunk side in pixels; None: a multiple of the tile stride near 2048 px
+            whose tiles fill whole batches (:func:`~depthseg.geo.tiles.lattice_chunk_size`:
+            1816 px for 518 px tiles with 64 px overlap), so no tile is computed twice.
         tile: Model tile side in pixels; None: the bundle's tile size.
         overlap: Tile overlap in pixels (also the halo); None: 64, at most a quarter tile.
         batch_size: Tiles per forward pass.
@@ -83,7 +86,7 @@ class MapRequest:
     bbox_crs: str = "EPSG:4326"
     crs: str = "auto"
     resolution: float | str | None = None
-    chunk_size: int = DEFAULT_CHUNK_SIZE
+    chunk_size: int | None = None
     tile: int | None = None
     overlap: int | None = None
     batch_size: int = 8
@@ -348,7 +351,10 @@ def pixel_scaling(request: MapRequest, catalog: Catalog, contract: Contract,
 
 
 def tile_spec(request: MapRequest, contract: Contract, notes: list[str]) -> TileSpec:
-    """Tile size (the bundle's by default) and overlap, with a sanity check of the overlap."""
+    """Tile size (the bundle's by default) and overlap, with a sanity check of the overlap.
+
+    The halo is what the chunk's lattice tiles reach into (see :func:`chunk_size`).
+    """
     tile = request.tile or contract.tile_size
     overlap = request.overlap if request.overlap is not None else min(DEFAULT_OVERLAP, tile // 4)
     spec = TileSpec(tile=tile, overlap=overlap)
@@ -363,7 +369,30 @@ def tile_spec(request: MapRequest, contract: Contract, notes: list[str]) -> Tile
     if request.tile and contract.tile_size and request.tile != contract.tile_size:
         notes.append(f"tile: {request.tile} px (the model was trained on "
                      f"{contract.tile_size} px chips)")
-    return spec
+    chunk = chunk_size(request, spec, notes)
+    return TileSpec(tile=tile, overlap=overlap, halo=lattice_halo(chunk, tile, overlap))
+
+
+def chunk_size(request: MapRequest, tiles: TileSpec, notes: list[str]) -> int:
+    """The chunk side: the request's, or a multiple of the tile stride (no tile twice)."""
+    stride = tiles.stride
+    if request.chunk_size is None:
+        chunk = lattice_chunk_size(tiles.tile, tiles.overlap, request.batch_size)
+        per_axis = chunk // stride
+        notes.append(f"chunks: {chunk} px = {per_axis} x {per_axis} tiles of {tiles.tile} px "
+                     f"at stride {stride} (a multiple of the stride: no tile is computed "
+                     "twice); --chunk sets another size")
+        return chunk
+    chunk = request.chunk_size
+    if chunk % stride:
+        per_axis = math.ceil(chunk / stride)
+        better = lattice_chunk_size(tiles.tile, tiles.overlap, request.batch_size, chunk)
+        extra = (per_axis * stride / chunk) ** 2
+        notes.append(f"warning: --chunk {chunk} is not a multiple of the tile stride {stride} "
+                     f"(tile {tiles.tile} - overlap {tiles.overlap}): its {per_axis} x "
+                     f"{per_axis} tiles overlap more than needed ({extra:.2f}x the tiles of one "
+                     f"lattice); --chunk {better} avoids that")
+    return chunk
 
 
 def make_plan(request: MapRequest, catalog: Catalog, contract: Contract) -> Plan:
@@ -376,14 +405,15 @@ def make_plan(request: MapRequest, catalog: Catalog, contract: Contract) -> Plan
     bands = resolve_bands(request, catalog, contract, notes)
     scale = pixel_scaling(request, catalog, contract)
     tiles = tile_spec(request, contract, notes)
+    size = chunk_size(request, tiles, [])
     resampling = request.resampling or contract.resampling
     crs = output_crs(request, catalog)
     if crs == "auto":
-        grid = plan_grid(request.bbox, request.bbox_crs, "auto", 1.0, request.chunk_size)
+        grid = plan_grid(request.bbox, request.bbox_crs, "auto", 1.0, size)
         crs = grid.crs
     resolution = output_resolution(request, catalog, crs, contract, notes)
     phase = grid_phase(catalog, crs, resolution, notes)
-    grid = plan_grid(request.bbox, request.bbox_crs, crs, resolution, request.chunk_size, phase)
+    grid = plan_grid(request.bbox, request.bbox_crs, crs, resolution, size, phase)
     chunks = grid.chunks_intersecting(catalog.footprints(grid.crs))
     if not chunks:
         bounds = _union_bounds(catalog, grid.crs)

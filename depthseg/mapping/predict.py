@@ -17,6 +17,7 @@ Output encoding (also written to the mosaic attributes):
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 
 from depthseg.errors import InputError
 from depthseg.geo import TileSpec, blend_weights, crop_halo
-from depthseg.geo.tiles import TileLayout, TileOffset
+from depthseg.geo.tiles import TileLayout, TileOffset, select_tiles
 from depthseg.io.bundle import Contract
 from depthseg.model import normalize
 
@@ -75,11 +76,15 @@ class ChunkPredictor:
         self.batch_size = batch_size
         self.num_classes = num_classes or len(contract.class_names)
         self.tiles_run = 0
+        self.last_chunk_tiles = 0
+        self.first_forward_at: float | None = None  # epoch seconds of the first tile batch
         self.compiled = compile_model
         self._run: Any = torch.compile(self.model) if compile_model else self.model
 
     def _forward(self, tiles: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Raw tiles (B, C, T, T) -> probabilities (B, K, T, T) and depth, on the device."""
+        if self.first_forward_at is None:
+            self.first_forward_at = time.time()
         batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device, non_blocking=True)
         # torch has limited uint16 support; widen on the device, not on the host.
         if batch.dtype not in (torch.uint8,):
@@ -131,9 +136,9 @@ class ChunkPredictor:
             pixels = np.pad(pixels, pad)
             valid = np.pad(valid, pad[1:])
         tile = layout.tile
-        # Tiles without one valid pixel are skipped: they would only add to no-data pixels.
-        offsets = [o for o in layout.offsets
-                   if valid[o.row_off:o.row_off + tile, o.col_off:o.col_off + tile].any()]
+        # Tiles that see only no-data, or only add a sliver another tile covers, are skipped.
+        offsets = select_tiles(layout, valid, self.tiles.halo_px)
+        self.last_chunk_tiles = len(offsets)
         blender = DeviceBlender(self.num_classes + 1, layout, self.device)
         has_depth = False
         for start in range(0, len(offsets), self.batch_size):

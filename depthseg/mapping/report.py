@@ -42,6 +42,12 @@ class RunReport:
             (read, predict, write; these overlap in time across workers).
         valid_pixels: Mapped pixels with imagery (for km2).
         cogs_reused: Done chunks whose COGs were copied in, not encoded by this run.
+        tiles_computed: Model tiles this run computed; ``first_chunk_tiles`` those of the
+            first chunk to finish.
+        timeline: Epoch seconds: ``command`` (the CLI started), ``map`` (the stream started),
+            ``first_tile`` (the first tile batch reached a model), ``first_chunk_done``,
+            ``last_chunk_done``. The steady rate is the tiles after the first chunk over
+            ``last_chunk_done - first_chunk_done``.
     """
 
     request: MapRequest
@@ -63,6 +69,9 @@ class RunReport:
                                                               "write": 0.0})
     valid_pixels: int = 0
     cogs_reused: int = 0
+    tiles_computed: int = 0
+    first_chunk_tiles: int = 0
+    timeline: dict[str, float] = field(default_factory=dict)
     started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(
         timespec="seconds"))
 
@@ -80,6 +89,22 @@ class RunReport:
                 self.tracebacks[str(row["chunk"])] = str(row["detail"])
         for stage in ("read", "predict", "write"):
             self.seconds[stage] += float(row[f"{stage}_s"])
+        tiles, done_at = int(row.get("tiles", 0)), float(row.get("done_at", 0.0))
+        self.tiles_computed += tiles
+        first_tile = float(row.get("first_tile_at", 0.0))
+        if first_tile and first_tile < self.timeline.get("first_tile", float("inf")):
+            self.timeline["first_tile"] = first_tile
+        if done_at and done_at < self.timeline.get("first_chunk_done", float("inf")):
+            self.timeline["first_chunk_done"], self.first_chunk_tiles = done_at, tiles
+        if done_at > self.timeline.get("last_chunk_done", 0.0):
+            self.timeline["last_chunk_done"] = done_at
+
+    def steady_tiles_per_s(self) -> float | None:
+        """Tiles per second after the first chunk (start-up excluded), if two chunks finished."""
+        first, last = self.timeline.get("first_chunk_done"), self.timeline.get("last_chunk_done")
+        if first is None or last is None or last <= first:
+            return None
+        return (self.tiles_computed - self.first_chunk_tiles) / (last - first)
 
     @property
     def km2(self) -> float:
@@ -115,6 +140,10 @@ class RunReport:
             "error": self.error,
             "cogs": {"encoded": self.done - self.cogs_reused, "reused": self.cogs_reused},
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "tiles": {"computed": self.tiles_computed, "first_chunk": self.first_chunk_tiles,
+                      "steady_per_s": (None if self.steady_tiles_per_s() is None else
+                                       round(self.steady_tiles_per_s() or 0.0, 4))},
+            "timeline": {k: round(v, 3) for k, v in self.timeline.items()},
             "finalise_seconds": {k: round(v, 3) for k, v in self.finalise_steps.items()},
             "driver": {**driver_usage(), "map_cpu_s": round(self.driver_map_cpu_s, 3),
                        "map_ms_per_chunk": round(1000 * self.driver_map_cpu_s

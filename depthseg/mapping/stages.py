@@ -220,15 +220,17 @@ class ChunkPredictActor:
         """Ray Data actor call: read rows -> predicted rows (encoded layers, no input pixels)."""
         size = self.ctx.grid.chunk_size
         out: dict[str, list[Any]] = {name: [] for name in (
-            "chunk", "acquired", "error", "detail", "read_s", "predict_s", *LAYERS)}
+            "chunk", "acquired", "error", "detail", "read_s", "predict_s", "tiles",
+            "first_tile_at", *LAYERS)}
         for i, key in enumerate(batch["chunk"]):
             error, detail, seconds = str(batch["error"][i]), str(batch["detail"][i]), 0.0
-            prediction = None
+            prediction, tiles = None, 0
             if not error:
                 start = time.perf_counter()
                 try:
                     prediction = self.predictor.predict_chunk(batch["pixels"][i],
                                                               batch["valid"][i])
+                    tiles = self.predictor.last_chunk_tiles
                 except Exception as err:  # noqa: BLE001 - fail the chunk, keep the run
                     error, detail = _error_text(err), _error_detail(err)
                 seconds = time.perf_counter() - start
@@ -237,7 +239,9 @@ class ChunkPredictActor:
                                  np.full((size, size), spec["fill_value"], spec["dtype"]))
             for name, value in (("chunk", str(key)), ("acquired", str(batch["acquired"][i])),
                                 ("error", error), ("detail", detail),
-                                ("read_s", float(batch["read_s"][i])), ("predict_s", seconds)):
+                                ("read_s", float(batch["read_s"][i])), ("predict_s", seconds),
+                                ("tiles", tiles),
+                                ("first_tile_at", self.predictor.first_forward_at or 0.0)):
                 out[name].append(value)
         rows = {name: np.stack(v) if name in LAYERS else np.array(v) for name, v in out.items()}
         return write_batch(rows, self.ctx) if self.write else rows
@@ -251,11 +255,13 @@ def _acquired(text: str) -> tuple[str, str] | None:
 def write_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, np.ndarray]:
     """Ray Data write task: predicted rows -> every product of each chunk -> result rows.
 
-    Only chunk keys, errors, timings and valid-pixel counts leave this stage.
+    Only chunk keys, errors, timings, tile and valid-pixel counts leave this stage
+    (``done_at``: epoch seconds when the chunk's products were written).
     """
     mosaic = Mosaic(ctx.out, ctx.storage)
-    results: dict[str, list[Any]] = {"chunk": [], "error": [], "detail": [], "read_s": [],
-                                     "predict_s": [], "write_s": [], "valid": []}
+    results: dict[str, list[Any]] = {name: [] for name in (
+        "chunk", "error", "detail", "read_s", "predict_s", "write_s", "valid", "tiles",
+        "first_tile_at", "done_at")}
     for i, key in enumerate(batch["chunk"]):
         error, detail, seconds, valid = str(batch["error"][i]), str(batch["detail"][i]), 0.0, 0
         if not error:
@@ -270,7 +276,9 @@ def write_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, np
         for name, value in (("chunk", str(key)), ("error", error), ("detail", detail),
                             ("read_s", float(batch["read_s"][i])),
                             ("predict_s", float(batch["predict_s"][i])), ("write_s", seconds),
-                            ("valid", valid)):
+                            ("valid", valid), ("tiles", int(batch["tiles"][i])),
+                            ("first_tile_at", float(batch["first_tile_at"][i])),
+                            ("done_at", time.time())):
             results[name].append(value)
     return {name: np.array(values) for name, values in results.items()}
 

@@ -41,7 +41,7 @@ _OPTIONS: dict[str, tuple[str, str, Any]] = {
     "bbox_crs": ("bbox_crs", "crs", "EPSG:4326"),
     "crs": ("crs", "crs_or_auto", "auto"),
     "resolution": ("resolution", "positive_or_null", None),
-    "chunk": ("chunk_size", "positive_int", 2048),
+    "chunk": ("chunk_size", "chunk_or_null", None),
     "tile": ("tile", "positive_int_or_null", None),
     "overlap": ("overlap", "nonnegative_int_or_null", None),
     "batch_size": ("batch_size", "positive_int", 8),
@@ -56,6 +56,7 @@ _EXPECTED = {
     "positive_or_null": "a positive number of metres, or 'native' (or omit it: the imagery's "
                         "own, or the model's training resolution)",
     "positive_int_or_null": "a positive integer (or omit it: the model bundle's)",
+    "chunk_or_null": "a positive integer (or omit it: a multiple of the tile stride near 2048)",
     "nonnegative_int_or_null": "an integer >= 0 (or omit it: 64, at most a quarter tile)",
     "text_or_null": "a non-empty string (or omit it: the model bundle's)",
     "positive_int": "a positive integer",
@@ -135,8 +136,8 @@ def _option(where: str, key: str, kind: str, value: Any) -> Any:
         if value != "native":
             bad = value is not None and not (_number(value) and value > 0)
             value = None if value is None or bad else float(value)
-    elif kind.removesuffix("_or_null") in ("positive_int", "nonnegative_int", "gpus"):
-        low = 1 if kind.startswith("positive_int") else 0
+    elif kind.removesuffix("_or_null") in ("positive_int", "nonnegative_int", "gpus", "chunk"):
+        low = 1 if kind.startswith(("positive_int", "chunk")) else 0
         bad = isinstance(value, bool) or not isinstance(value, int) or value < low
         if (kind == "gpus" or kind.endswith("_or_null")) and value is None:
             bad = False

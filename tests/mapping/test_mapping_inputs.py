@@ -46,3 +46,17 @@ def test_resume_with_another_bundle_or_imagery_is_refused(synthetic_region: Any,
     assert (out / "run.json").read_bytes() == run_before, "a refused resume writes nothing"
     # The same inputs resume (nothing left to do).
     assert map_region(replace(request, resume=True), log=_quiet).ok
+
+
+def test_default_chunks_hold_whole_batches_of_lattice_tiles(synthetic_region: Any) -> None:
+    """No --chunk: a multiple of the tile stride, so no tile is computed twice; said in notes."""
+    from depthseg.io.catalog import open_catalog
+    from depthseg.mapping.plan import make_plan
+
+    request = region_request(synthetic_region, "unused", chunk_size=None)  # tile 126, overlap 28
+    plan = make_plan(request, open_catalog(request.imagery), contract_for("uint16", (3, 2, 1)))
+    stride = 126 - 28
+    assert plan.grid.chunk_size % stride == 0
+    assert (plan.grid.chunk_size // stride) ** 2 % request.batch_size == 0
+    assert plan.tiles.halo == 14  # the lattice tiles reach half the overlap past the chunk
+    assert any("no tile is computed twice" in note for note in plan.notes)

@@ -44,6 +44,16 @@ def test_run_maps_every_chunk_with_imagery(mapped: tuple[Path, Any]) -> None:
     assert {"plan", "read", "predict", "write", "map", "finalise", "total"} <= set(run["seconds"])
     done = sorted(p.name for p in (out / "done").iterdir())
     assert done == sorted(json.loads((out / "plan.json").read_text())["chunks"])
+    # 320 px chunks are not a multiple of the 98 px stride: said, with a better size.
+    assert any("--chunk 320 is not a multiple of the tile stride 98" in n for n in run["notes"])
+    # Tiles: at most ceil(320 / 98)^2 = 16 per chunk, fewer where a chunk is part no-data.
+    tiles, timeline = run["tiles"], run["timeline"]
+    assert 0 < tiles["first_chunk"] <= 16
+    assert run["chunks"]["done"] < tiles["computed"] < 16 * run["chunks"]["done"]
+    assert timeline["map"] <= timeline["first_tile"] <= timeline["first_chunk_done"]
+    assert timeline["first_chunk_done"] < timeline["last_chunk_done"]
+    assert 0 < run["seconds"]["first_chunk"] < run["seconds"]["map"]
+    assert tiles["steady_per_s"] > 0
 
 
 def test_mosaic_opens_with_the_plans_crs_and_transform(mapped: tuple[Path, Any]) -> None:
