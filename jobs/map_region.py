@@ -62,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tile", type=int, default=None,
                         help="model tile side in pixels (default: the bundle's)")
     parser.add_argument("--overlap", type=int, default=None,
-                        help="tile overlap (= halo) in pixels (default: 64, at most tile/4)")
+                        help="tile overlap in pixels (default: about 64, at most tile/4, so that "
+                             "the stride is a multiple of 64: 70 for 518 px tiles)")
     parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
     parser.add_argument("--gpus", type=int, default=None,
                         help="GPUs to use, one predict actor each (default: all Ray sees)")
@@ -102,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         import ray
 
         ray.init(address=args.ray_address, num_cpus=args.num_cpus,
-                 runtime_env={"env_vars": gdal_env}, log_to_driver=False,
+                 runtime_env={"env_vars": gdal_env,
+                              "worker_process_setup_hook": "depthseg.mapping.stages.warm_worker"},
+                 log_to_driver=False,
                  include_dashboard=False)
         if args.gpus is not None:
             return None

@@ -136,6 +136,24 @@ def lattice_halo(chunk: int, tile: int, overlap: int) -> int:
     return max(0, -min(starts), max(starts) + tile - chunk)
 
 
+def lattice_overlap(tile: int, least: int = DEFAULT_OVERLAP) -> int:
+    """The default overlap of ``tile``, so that the stride holds a high power of two.
+
+    At least ``min(least, tile // 4)`` and at most a quarter tile; the stride is a multiple of
+    the highest power of two (up to 64) that allows.
+
+    Chunks are multiples of the stride (:func:`lattice_chunk_size`); a stride with factors of
+    two gives chunks whose overview factor (which must divide the chunk) can reach the
+    hundreds a province needs. Tile 518: overlap 70, stride 448 = 7 x 64, chunk 1792.
+    """
+    base = min(least, tile // 4)
+    for step in (64, 32, 16, 8, 4, 2):
+        stride = (tile - base) // step * step
+        if stride > 0 and base <= tile - stride <= max(base, tile // 4):
+            return tile - stride
+    return base
+
+
 def lattice_chunk_size(tile: int, overlap: int, batch_size: int = 8,
                        target: int = 2048) -> int:
     """A chunk side that is a multiple of the stride, near ``target``.

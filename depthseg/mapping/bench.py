@@ -1,10 +1,24 @@
-"""Mapping benchmark: model-only vs full pipeline vs a naive per-tile loop, and peak memory.
+"""Mapping benchmark: the pipeline against a plain loop and model-only, and peak memory.
 
-All three throughputs count the same tiles: the tile layout of every planned chunk
-(chunk + halo cut into overlapping tiles). The pipeline runs ``jobs/map_region.py`` in a
-subprocess so that its peak memory (driver + Ray processes, summed RSS of the process tree,
-sampled from ``/proc``) is measured cleanly; it is measured again on a region 16x larger
-(4x per side) to show that memory is bounded by chunk size x concurrency, not region size.
+Three ways to map the same synthetic region with the same model and batch size:
+
+- **model only**: tiles already in memory, cycled through ``ChunkPredictor.predict_tiles``
+  (device transfer, normalise, forward, softmax; bf16 on CUDA);
+- **plain loop** (:mod:`depthseg.mapping.plainloop`): what a TorchGeo user writes: one
+  region-wide sliding-window sampler, a ``Dataset`` merging the GeoTIFFs that meet each window,
+  a ``DataLoader`` (``--plain-workers`` workers), logits averaged into a region-sized array
+  and one GeoTIFF written;
+- **pipeline**: ``jobs/map_region.py`` (plan, Ray Data read -> predict -> write, finalise).
+
+The plain loop and the pipeline each run in a subprocess, timed from ``Popen`` to exit (so end
+to end includes interpreter start, imports, model load and writing the outputs), with the peak
+summed RSS of the process tree sampled from ``/proc``. Every throughput counts the same tiles:
+``cover``, the plain loop's window count over the region (the minimal cover of one sliding
+window). Steady-state rates leave out the first batch (plain loop) or the first chunk
+(pipeline, from run.json's ``tiles`` and ``timeline`` when it has them), which pay start-up
+once. The pipeline and the plain loop are measured again on a region 16x larger (4x per side):
+throughput, and the pipeline's peak memory, which chunking keeps bounded by chunk size x
+concurrency rather than region size.
 """
 
 from __future__ import annotations
@@ -20,22 +34,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 import torch
 
 from depthseg.config import load_config
 from depthseg.geo import TileSpec
 from depthseg.io.bundle import Contract, load_bundle, save_bundle
-from depthseg.io.catalog import open_catalog
-from depthseg.mapping.plan import MapRequest, make_plan
+from depthseg.mapping.plainloop import RegionWindows, window_offsets
 from depthseg.mapping.predict import ChunkPredictor
-from depthseg.mapping.stages import ChunkContext, read_chunk
 from depthseg.model import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _CLASSES = ("cropland", "forest", "building", "road", "impervious", "bare", "water")
 _PALETTE = ((250, 230, 100), (30, 130, 40), (200, 40, 40), (120, 120, 120), (190, 190, 190),
             (160, 120, 70), (40, 90, 220))
+# (figure, target ratio, the setting the target was set for)
+TARGETS = (
+    ("pipeline_over_plain", 1.0, "end to end vs plain loop (vits, 4096 px)"),
+    ("pipeline_steady_over_plain_steady", 1.15, "steady vs plain loop steady (vits, 4096 px)"),
+    ("pipeline_steady_over_model", 0.9, "steady vs model-only (vits, 4096 px)"),
+    ("grown_pipeline_over_plain", 1.2, "16x region vs plain loop (tiny)"),
+)
 
 
 @dataclass(frozen=True)
@@ -47,11 +65,12 @@ class BenchOptions:
         preset: ``tiny`` or ``vits`` (random weights either way).
         region_px: Side of the synthetic region in pixels.
         tile: Tile side.
-        overlap: Tile overlap (= halo).
-        chunk: Chunk side.
-        batch_size: Tiles per forward pass.
-        grow: Also measure peak memory on a 4x-per-side (16x area) region.
+        overlap: Tile overlap.
+        chunk: Chunk side of the pipeline; None: the pipeline's default.
+        batch_size: Tiles per forward pass (pipeline, plain loop and model-only).
+        grow: Also measure a 4x-per-side (16x area) region.
         num_cpus: CPUs of the pipeline's local Ray.
+        plain_workers: DataLoader workers of the plain loop.
     """
 
     work_dir: Path
@@ -59,10 +78,11 @@ class BenchOptions:
     region_px: int = 512
     tile: int = 126
     overlap: int = 28
-    chunk: int = 256
+    chunk: int | None = 256
     batch_size: int = 8
     grow: bool = True
     num_cpus: int = 2
+    plain_workers: int = 1
 
 
 def _bundle(options: BenchOptions) -> str:
@@ -87,6 +107,14 @@ def _region(options: BenchOptions, size: int
     return region.root / "scenes", (x0, y0 - side, x0 + side, y0), region.crs
 
 
+def cover_tiles(size: int, tile: int, overlap: int) -> int:
+    """The plain loop's window count over a ``size`` x ``size`` region (the minimal cover).
+
+    Every throughput of the benchmark is counted in these tiles.
+    """
+    return len(window_offsets(size, tile, tile - overlap)) ** 2
+
+
 def _tree_rss_bytes(root: int) -> int:
     parents: dict[int, int] = {}
     rss: dict[int, int] = {}
@@ -109,14 +137,9 @@ def _tree_rss_bytes(root: int) -> int:
     return total
 
 
-def run_pipeline_subprocess(options: BenchOptions, imagery: Path, bbox: tuple[float, ...],
-                            crs: str, bundle: str, out: Path) -> dict[str, Any]:
-    """Run ``jobs/map_region.py``; returns its run.json plus the peak tree RSS."""
-    command = [sys.executable, str(REPO_ROOT / "jobs" / "map_region.py"),
-               "--bbox", *map(str, bbox), "--bbox-crs", crs, "--imagery", str(imagery),
-               "--model", bundle, "--out", str(out), "--chunk", str(options.chunk),
-               "--tile", str(options.tile), "--overlap", str(options.overlap),
-               "--batch-size", str(options.batch_size), "--num-cpus", str(options.num_cpus)]
+def _run_measured(command: list[str], what: str) -> tuple[float, int]:
+    """Run ``command``; returns (wall seconds from Popen to exit, peak RSS of its tree)."""
+    start = time.time()
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     peak = [0]
@@ -129,12 +152,92 @@ def run_pipeline_subprocess(options: BenchOptions, imagery: Path, bbox: tuple[fl
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     _, stderr = process.communicate()
+    wall = time.time() - start
     sampler.join()
     if process.returncode != 0:
-        raise RuntimeError(f"map_region failed ({process.returncode}): {stderr[-2000:]}")
-    report = json.loads((out / "run.json").read_text())
-    report["peak_rss_bytes"] = peak[0]
+        raise RuntimeError(f"{what} failed ({process.returncode}): {stderr[-2000:]}")
+    return wall, peak[0]
+
+
+def run_pipeline_subprocess(options: BenchOptions, imagery: Path, bbox: tuple[float, ...],
+                            crs: str, bundle: str, out: Path) -> dict[str, Any]:
+    """Run ``jobs/map_region.py``; returns its run.json, ``wall_s`` and ``peak_rss_bytes``.
+
+    ``wall_s`` runs from ``Popen`` to exit; the peak RSS is summed over the process tree.
+    """
+    command = [sys.executable, str(REPO_ROOT / "jobs" / "map_region.py"),
+               "--bbox", *map(str, bbox), "--bbox-crs", crs, "--imagery", str(imagery),
+               "--model", bundle, "--out", str(out),
+               "--tile", str(options.tile), "--overlap", str(options.overlap),
+               "--batch-size", str(options.batch_size), "--num-cpus", str(options.num_cpus)]
+    if options.chunk:
+        command += ["--chunk", str(options.chunk)]
+    wall, peak = _run_measured(command, "map_region")
+    report: dict[str, Any] = json.loads((out / "run.json").read_text())
+    report["wall_s"], report["peak_rss_bytes"] = wall, peak
     return report
+
+
+def run_plain_subprocess(options: BenchOptions, imagery: Path, bbox: tuple[float, ...],
+                         bundle: str, out: Path) -> dict[str, Any]:
+    """Run the plain loop (:mod:`depthseg.mapping.plainloop`), writing the GeoTIFF ``out``.
+
+    Returns its times JSON plus ``wall_s`` (``Popen`` to exit) and ``peak_rss_bytes``.
+    """
+    times_path = out.with_suffix(".json")
+    command = [sys.executable, "-m", "depthseg.mapping.plainloop", "--imagery", str(imagery),
+               "--model", bundle, "--bounds", *map(str, bbox), "--tile", str(options.tile),
+               "--overlap", str(options.overlap), "--batch-size", str(options.batch_size),
+               "--num-workers", str(options.plain_workers), "--out", str(out),
+               "--json", str(times_path)]
+    wall, peak = _run_measured(command, "plain loop")
+    times: dict[str, Any] = json.loads(times_path.read_text())
+    times["wall_s"], times["peak_rss_bytes"] = wall, peak
+    return times
+
+
+def _plain_figures(plain: dict[str, Any], cover: int, prefix: str) -> dict[str, Any]:
+    figures: dict[str, Any] = {
+        f"{prefix}tiles_per_s": cover / plain["wall_s"],
+        f"{prefix}wall_s": plain["wall_s"],
+        f"{prefix}first_batch_s": plain["first_batch_done"] - plain["start"],
+        f"{prefix}peak_rss_mb": plain["peak_rss_bytes"] / 2**20,
+    }
+    steady_s = plain["last_batch_done"] - plain["first_batch_done"]
+    if plain["tiles"] > plain["first_batch_tiles"] and steady_s > 0:
+        figures[f"{prefix}steady_tiles_per_s"] = (
+            (plain["tiles"] - plain["first_batch_tiles"]) / steady_s)
+    return figures
+
+
+def _pipeline_figures(run: dict[str, Any], cover: int, prefix: str) -> dict[str, Any]:
+    seconds = run.get("seconds", {})
+    figures: dict[str, Any] = {
+        f"{prefix}tiles_per_s": cover / run["wall_s"],
+        f"{prefix}wall_s": run["wall_s"],
+        f"{prefix}total_s": seconds.get("total"),
+        f"{prefix}map_s": seconds.get("map"),
+        f"{prefix}first_tile_s": seconds.get("first_tile"),
+        f"{prefix}startup_s": seconds.get("first_chunk"),
+        f"{prefix}chunks": run.get("chunks", {}).get("done"),
+    }
+    tiles = run.get("tiles") or {}
+    timeline = run.get("timeline") or {}
+    computed, first = tiles.get("computed"), tiles.get("first_chunk")
+    if computed:
+        figures[f"{prefix}tiles_computed"] = computed
+        figures[f"{prefix}tiles_over_cover"] = computed / cover
+    t0, t1 = timeline.get("first_chunk_done"), timeline.get("last_chunk_done")
+    if computed and first is not None and t0 is not None and t1 is not None:
+        if computed > first and t1 > t0:
+            figures[f"{prefix}steady_tiles_per_s"] = (
+                cover * (computed - first) / computed / (t1 - t0))
+    return {key: value for key, value in figures.items() if value is not None}
+
+
+def _ratio(figures: dict[str, Any], name: str, numerator: str, denominator: str) -> None:
+    if figures.get(numerator) and figures.get(denominator):
+        figures[name] = figures[numerator] / figures[denominator]
 
 
 def run_benchmark(options: BenchOptions) -> dict[str, Any]:
@@ -143,103 +246,84 @@ def run_benchmark(options: BenchOptions) -> dict[str, Any]:
     bundle_uri = _bundle(options)
     bundle = load_bundle(bundle_uri)
     imagery, bbox, crs = _region(options, options.region_px)
-    request = MapRequest(bbox=bbox, bbox_crs=crs, imagery=str(imagery), model=bundle_uri,
-                         out=str(options.work_dir / "unused"), chunk_size=options.chunk,
-                         tile=options.tile, overlap=options.overlap)
-    catalog = open_catalog(str(imagery))
-    plan = make_plan(request, catalog, bundle.contract)
-    tiles = TileSpec(options.tile, options.overlap)
-    layout = tiles.layout(options.chunk, options.chunk)
-    n_tiles = len(layout) * len(plan.chunks)
-    ctx = ChunkContext(plan.grid, tiles, plan.bands, request.out, catalog.storage,
-                       source_dtype=catalog.dtype)
-    predictor = ChunkPredictor(bundle.model, bundle.contract, tiles, options.batch_size)
+    cover = cover_tiles(options.region_px, options.tile, options.overlap)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    # 1. Model only: the first chunk's tiles, already in memory, cycled to n_tiles.
-    first_scenes = [catalog.scenes[i] for i in catalog.scenes_meeting(
-        [plan.read_bounds(plan.chunks[0])], plan.grid.crs)[0]]
-    pixels, _ = read_chunk(ctx, plan.chunks[0], first_scenes)
-    in_memory = np.stack([pixels[:, r:r + options.tile, c:c + options.tile]
-                          for r, c in layout.offsets])
-    predictor.predict_tiles(in_memory[:1])  # warm-up
+    # 1. Model only: the region's first windows, already in memory, cycled to ``cover`` tiles.
+    windows = RegionWindows(str(imagery), bbox, options.tile, options.tile - options.overlap,
+                            bundle.contract.band_indices)
+    in_memory = np.stack([windows[i].numpy()
+                          for i in range(min(cover, 2 * options.batch_size))])
+    predictor = ChunkPredictor(bundle.model, bundle.contract,
+                               TileSpec(options.tile, options.overlap), options.batch_size,
+                               device=device)
+    # Warm up on both batch shapes timed below (a full batch and the remainder).
+    for count in {options.batch_size, cover % options.batch_size or options.batch_size}:
+        predictor.predict_tiles(in_memory[np.arange(count) % len(in_memory)])
     start = time.perf_counter()
-    for first in range(0, n_tiles, options.batch_size):
-        count = min(options.batch_size, n_tiles - first)
+    for first in range(0, cover, options.batch_size):
+        count = min(options.batch_size, cover - first)
         predictor.predict_tiles(in_memory[np.arange(first, first + count) % len(in_memory)])
     model_s = time.perf_counter() - start
+    del windows, in_memory, predictor
 
-    # 2. Naive loop: per tile, open + read the scene window, run the model, write the tile.
-    naive_s = _naive_loop(options, ctx, plan, layout, predictor, catalog.scenes[-1].uri)
-
-    # 3. The pipeline (Ray Data, subprocess), then the same on a 16x larger region.
-    run = run_pipeline_subprocess(options, imagery, bbox, crs, bundle_uri,
-                                  options.work_dir / f"out_{options.region_px}")
     figures: dict[str, Any] = {
         "preset": options.preset, "tile": options.tile, "overlap": options.overlap,
         "chunk": options.chunk, "batch_size": options.batch_size,
-        "region_px": options.region_px, "chunks": len(plan.chunks), "tiles": n_tiles,
-        "model_tiles_per_s": n_tiles / model_s,
-        "pipeline_tiles_per_s": n_tiles / run["seconds"]["map"],
-        "pipeline_total_s": run["seconds"]["total"],
-        "naive_tiles_per_s": n_tiles / naive_s,
-        "peak_rss_mb": run["peak_rss_bytes"] / 2**20,
-        "torch_threads": torch.get_num_threads(),
+        "plain_workers": options.plain_workers, "device": device,
+        "torch_threads": torch.get_num_threads(), "region_px": options.region_px,
+        "cover_tiles": cover, "model_tiles_per_s": cover / model_s,
     }
-    # Steady state: after the first chunk's result (worker start, model load, first read),
-    # which a province-sized run pays once.
-    steady_s = run["seconds"]["map"] - run["seconds"].get("first_chunk", 0.0)
-    if len(plan.chunks) > 1 and steady_s > 0:
-        figures["pipeline_steady_tiles_per_s"] = len(layout) * (len(plan.chunks) - 1) / steady_s
-        figures["pipeline_startup_s"] = run["seconds"]["first_chunk"]
-        figures["steady_over_model"] = (figures["pipeline_steady_tiles_per_s"]
-                                        / figures["model_tiles_per_s"])
-    figures["pipeline_over_model"] = figures["pipeline_tiles_per_s"] / figures["model_tiles_per_s"]
-    figures["pipeline_over_naive"] = figures["pipeline_tiles_per_s"] / figures["naive_tiles_per_s"]
+
+    # 2. The plain loop, then 3. the pipeline, each in its own subprocess.
+    plain = run_plain_subprocess(options, imagery, bbox, bundle_uri,
+                                 options.work_dir / f"plain_{options.region_px}.tif")
+    figures.update(_plain_figures(plain, cover, "plain_"))
+    run = run_pipeline_subprocess(options, imagery, bbox, crs, bundle_uri,
+                                  options.work_dir / f"out_{options.region_px}")
+    figures.update(_pipeline_figures(run, cover, "pipeline_"))
+    figures["peak_rss_mb"] = run["peak_rss_bytes"] / 2**20
+    _ratio(figures, "pipeline_over_plain", "pipeline_tiles_per_s", "plain_tiles_per_s")
+    _ratio(figures, "pipeline_steady_over_plain_steady", "pipeline_steady_tiles_per_s",
+           "plain_steady_tiles_per_s")
+    _ratio(figures, "pipeline_steady_over_model", "pipeline_steady_tiles_per_s",
+           "model_tiles_per_s")
+    _ratio(figures, "pipeline_over_model", "pipeline_tiles_per_s", "model_tiles_per_s")
+
+    # 4. Both again on a region 16x larger (4x per side).
     if options.grow:
         big = options.region_px * 4
         imagery_big, bbox_big, _ = _region(options, big)
+        cover_big = cover_tiles(big, options.tile, options.overlap)
+        figures["grown_region_px"] = big
+        figures["grown_cover_tiles"] = cover_big
+        plain_big = run_plain_subprocess(options, imagery_big, bbox_big, bundle_uri,
+                                         options.work_dir / f"plain_{big}.tif")
+        figures.update(_plain_figures(plain_big, cover_big, "grown_plain_"))
         run_big = run_pipeline_subprocess(options, imagery_big, bbox_big, crs, bundle_uri,
                                           options.work_dir / f"out_{big}")
-        figures["grown_region_px"] = big
-        figures["grown_chunks"] = run_big["chunks"]["done"]
+        figures.update(_pipeline_figures(run_big, cover_big, "grown_pipeline_"))
+        figures["grown_chunks"] = figures.pop("grown_pipeline_chunks", None)
         figures["grown_peak_rss_mb"] = run_big["peak_rss_bytes"] / 2**20
-        figures["grown_pipeline_tiles_per_s"] = (
-            len(layout) * run_big["chunks"]["done"] / run_big["seconds"]["map"])
+        figures["grown_peak_rss_growth"] = (figures["grown_peak_rss_mb"]
+                                            / figures["peak_rss_mb"] - 1)
+        _ratio(figures, "grown_pipeline_over_plain", "grown_pipeline_tiles_per_s",
+               "grown_plain_tiles_per_s")
+        _ratio(figures, "grown_pipeline_steady_over_plain_steady",
+               "grown_pipeline_steady_tiles_per_s", "grown_plain_steady_tiles_per_s")
     return figures
 
 
-def _naive_loop(options: BenchOptions, ctx: ChunkContext, plan: Any, layout: Any,
-                predictor: ChunkPredictor, scene: str) -> float:
-    # ``scene``: the oldest scene, a plain single-file read.
-    out_path = options.work_dir / "naive.tif"
-    grid = plan.grid
-    profile = {"driver": "GTiff", "height": grid.height, "width": grid.width, "count": 1,
-               "dtype": "uint8", "crs": grid.crs, "transform": grid.transform, "tiled": True}
-    halo = ctx.tiles.halo_px
-    start = time.perf_counter()
-    with rasterio.open(out_path, "w", **profile) as dst:
-        for chunk in plan.chunks:
-            window = grid.chunk_window(chunk)
-            for row_off, col_off in layout.offsets:
-                top, left = window.row_off - halo + row_off, window.col_off - halo + col_off
-                bounds = grid.window_bounds(type(window)(top, left, options.tile, options.tile))
-                with rasterio.open(scene) as src:  # per tile, as a naive script does
-                    read_window = rasterio.windows.from_bounds(*bounds, transform=src.transform)
-                    pixels = src.read(list(ctx.bands), window=read_window, boundless=True,
-                                      fill_value=0, out_shape=(len(ctx.bands), options.tile,
-                                                               options.tile))
-                probs, _ = predictor.predict_tiles(pixels[None])
-                labels = probs[0].argmax(0).numpy().astype(np.uint8)
-                rows = slice(max(top, 0), min(top + options.tile, grid.height))
-                cols = slice(max(left, 0), min(left + options.tile, grid.width))
-                dst.write(labels[rows.start - top:rows.stop - top,
-                                 cols.start - left:cols.stop - left], 1,
-                          window=((rows.start, rows.stop), (cols.start, cols.stop)))
-    return time.perf_counter() - start
-
-
 def format_figures(figures: dict[str, Any]) -> str:
-    """Human-readable table of the figures."""
-    lines = [f"{key:28s} {value:.3f}" if isinstance(value, float) else f"{key:28s} {value}"
+    """Human-readable table of the figures, then the targets: measured ratio, PASS/MISS."""
+    lines = [f"{key:36s} {value:.3f}" if isinstance(value, float) else f"{key:36s} {value}"
              for key, value in figures.items()]
+    grown = f", grown {figures['grown_region_px']} px" if "grown_region_px" in figures else ""
+    lines += ["", f"targets (this run: {figures.get('preset')}, {figures.get('region_px')} px"
+              f"{grown}, device {figures.get('device')})"]
+    for name, target, setting in TARGETS:
+        value = figures.get(name)
+        verdict = "n/a " if value is None else ("PASS" if value >= target else "MISS")
+        shown = "-" if value is None else f"{value:.3f}"
+        lines.append(f"  {verdict}  {name:36s} {shown:>7s} >= {target:.2f}  {setting}")
     return "\n".join(lines)

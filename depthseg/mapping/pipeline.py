@@ -19,6 +19,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -271,7 +272,8 @@ def map_region(request: MapRequest, storage: Storage | None = None,
                command_start: float | None = None) -> RunReport:
     """Map a region: plan, predict every chunk with imagery, write the mosaics, finalise.
 
-    Every input is checked before Ray starts or anything is written: the bundle (manifest and
+    Every input is checked before a worker starts or anything is written (Ray itself starts
+    while the imagery is checked and the run planned): the bundle (manifest and
     weights header), the output location, the imagery against the bundle's contract, the
     bbox, bands, resolution and tiles.
 
@@ -282,8 +284,9 @@ def map_region(request: MapRequest, storage: Storage | None = None,
         log: Where progress lines go (default: stderr).
         cogs_ready: Done chunks whose COGs an incremental run copied in rather than encoded
             (counted as reused in ``run.json``).
-        start_ray: Called once the inputs are checked, before the Ray stream (the CLI starts or
-            joins Ray here); it may return the number of GPUs to use (for ``--gpus`` unset).
+        start_ray: Starts or joins Ray (the CLI's), called once the bundle and the output are
+            checked, while the imagery is opened and the run planned in a thread; it may
+            return the number of GPUs to use (for ``--gpus`` unset).
         command_start: Epoch seconds when the command started (``seconds.first_tile`` in
             ``run.json`` counts from it; default: from the start of the map stage).
 
@@ -300,15 +303,28 @@ def map_region(request: MapRequest, storage: Storage | None = None,
     contract = bundle.contract if bundle is not None else verify_bundle(request.model,
                                                                         storage)[1]
     check_output(request.out, storage)
-    catalog = open_catalog(request.imagery, storage, asset=request.stac_asset)
-    plan = make_plan(request, catalog, contract)
+
+    def plan_run() -> tuple[Catalog, Plan]:
+        catalog = open_catalog(request.imagery, storage, asset=request.stac_asset)
+        return catalog, make_plan(request, catalog, contract)
+
+    if start_ray is not None and request.executor == "ray":
+        # Ray starts (or joins its cluster) while the catalog is opened and the run planned,
+        # off the critical path; a bad imagery/bbox error still stops the run before any
+        # worker starts or anything is written.
+        with ThreadPoolExecutor(1, thread_name_prefix="depthseg-plan") as pool:
+            planned = pool.submit(plan_run)
+            try:
+                gpus = start_ray()
+            finally:
+                catalog, plan = planned.result()
+        if gpus is not None:
+            request = replace(request, gpus=gpus)
+    else:
+        catalog, plan = plan_run()
     catalog.resampling = plan.resampling
     for note in plan.notes:
         log(note)
-    if start_ray is not None and request.executor == "ray":
-        gpus = start_ray()
-        if gpus is not None:
-            request = replace(request, gpus=gpus)
     report = RunReport(request=request, notes=list(plan.notes))
     mosaic = Mosaic(request.out, storage)
     inputs = run_inputs(request, catalog, bundle, storage)

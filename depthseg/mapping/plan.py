@@ -16,13 +16,13 @@ from pyproj import CRS as ProjCRS
 
 from depthseg.errors import InputError
 from depthseg.geo import (
-    DEFAULT_OVERLAP,
     ChunkId,
     OutputGrid,
     TileSpec,
     chunk_read_window,
     lattice_chunk_size,
     lattice_halo,
+    lattice_overlap,
     pixel_phase,
     plan_grid,
 )
@@ -56,7 +56,9 @@ class MapRequest:
             whose tiles fill whole batches (:func:`~depthseg.geo.tiles.lattice_chunk_size`:
             1816 px for 518 px tiles with 64 px overlap), so no tile is computed twice.
         tile: Model tile side in pixels; None: the bundle's tile size.
-        overlap: Tile overlap in pixels (also the halo); None: 64, at most a quarter tile.
+        overlap: Tile overlap in pixels; None: about 64 (70 for 518 px tiles), at most a
+            quarter tile, so that the stride is a multiple of 64 where it can be
+            (:func:`~depthseg.geo.tiles.lattice_overlap`).
         batch_size: Tiles per forward pass.
         gpus: GPUs to use (one predict actor each); 0 runs CPU actors.
         cpu_actors: Predict actors when there is no GPU.
@@ -356,13 +358,13 @@ def tile_spec(request: MapRequest, contract: Contract, notes: list[str]) -> Tile
     The halo is what the chunk's lattice tiles reach into (see :func:`chunk_size`).
     """
     tile = request.tile or contract.tile_size
-    overlap = request.overlap if request.overlap is not None else min(DEFAULT_OVERLAP, tile // 4)
+    overlap = request.overlap if request.overlap is not None else lattice_overlap(tile)
     spec = TileSpec(tile=tile, overlap=overlap)
     factor = (tile / spec.stride) ** 2
     if 2 * overlap > tile:
         raise InputError(f"--overlap {overlap} is more than half the tile {tile}: every pixel "
                          f"would be predicted about {factor:.0f} times; give an overlap of at most "
-                         f"a quarter tile, e.g. --overlap {min(DEFAULT_OVERLAP, tile // 4)}")
+                         f"a quarter tile, e.g. --overlap {lattice_overlap(tile)}")
     if 4 * overlap > tile:
         notes.append(f"warning: --overlap {overlap} with --tile {tile} predicts every pixel "
                      f"about {factor:.1f} times; a quarter tile or less is usually enough")

@@ -184,7 +184,9 @@ def encode_cog(data: np.ndarray, layer: str, grid: OutputGrid, chunk: ChunkId,
             if colormap is not None:
                 mem.write_colormap(1, colormap)
         with memfile.open() as src:
-            translate_cog(src, layer, contract, chunk, dst_path, min(512, grid.chunk_size))
+            # TIFF blocks are multiples of 16 px; a block may reach past a small chunk.
+            translate_cog(src, layer, contract, chunk, dst_path,
+                          min(512, -(-grid.chunk_size // 16) * 16))
 
 
 def cog_uri(out: str, layer: str, chunk: ChunkId) -> str:

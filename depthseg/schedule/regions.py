@@ -57,7 +57,7 @@ _EXPECTED = {
                         "own, or the model's training resolution)",
     "positive_int_or_null": "a positive integer (or omit it: the model bundle's)",
     "chunk_or_null": "a positive integer (or omit it: a multiple of the tile stride near 2048)",
-    "nonnegative_int_or_null": "an integer >= 0 (or omit it: 64, at most a quarter tile)",
+    "nonnegative_int_or_null": "an integer >= 0 (or omit it: about 64, at most a quarter tile)",
     "text_or_null": "a non-empty string (or omit it: the model bundle's)",
     "positive_int": "a positive integer",
     "nonnegative_int": "an integer >= 0",

@@ -26,7 +26,7 @@ def test_a_valid_file_fills_the_defaults() -> None:
     assert region.name == "liuzhou" and region.bbox == (109.2, 24.1, 109.6, 24.5)
     request = region.request("s3://b/maps/liuzhou/runs/x")
     assert (request.bbox_crs, request.crs, request.chunk_size, request.tile) == (
-        "EPSG:4326", "auto", 2048, None)  # tile: the bundle's
+        "EPSG:4326", "auto", None, None)  # chunk: the planner's; tile: the bundle's
     [tuned] = parse_regions(_text({**GOOD, "chunk": 1024, "gpus": 2, "resolution": 0.8,
                                    "bbox_crs": "EPSG:32649", "resampling": "bilinear"}),
                             "r.yaml")
