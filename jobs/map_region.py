@@ -103,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         import ray
 
         ray.init(address=args.ray_address, num_cpus=args.num_cpus,
-                 runtime_env={"env_vars": gdal_env,
-                              "worker_process_setup_hook": "depthseg.mapping.stages.warm_worker"},
-                 log_to_driver=False,
+                 runtime_env={"env_vars": gdal_env}, log_to_driver=False,
                  include_dashboard=False)
         if args.gpus is not None:
             return None

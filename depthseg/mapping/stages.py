@@ -76,17 +76,6 @@ class ChunkContext:
         return self.dtype or self.source_dtype
 
 
-def warm_worker() -> None:
-    """Ray's ``worker_process_setup_hook``: import what the stages use when a worker starts.
-
-    Ray starts a run's workers with ``ray.init``, while the driver plans; importing torch,
-    GDAL and the model code then, rather than in the first read task and the predict actor's
-    constructor, takes seconds off the time to the first tile.
-    """
-    import depthseg.io.warp  # noqa: F401 - rasterio, odc-geo
-    import depthseg.model  # noqa: F401 - timm
-
-
 _SCENE_FIELDS = dataclasses.fields(Scene)
 
 
