@@ -65,8 +65,9 @@ def test_guangxi_projection_adds_the_stages_it_measures(tmp_path: Path) -> None:
                "write": {"cpu_s_per_chunk": 0.5, "level_read_s_per_chunk": 0.01},
                "overview": {"cog_s": 30.0}, "index": index}
     projection = project_guangxi(figures)
-    assert projection["chunks"] == 88_513 and projection["tiles_per_chunk"] == 25
-    assert projection["map_gpu_bound_s"] == pytest.approx(88_513 * 25 / (8 * 340))
+    # 237,600 km2 in the default 1792 px chunks at 0.8 m, 4 x 4 lattice tiles each.
+    assert projection["chunks"] == 115_609 and projection["tiles_per_chunk"] == 16
+    assert projection["map_gpu_bound_s"] == pytest.approx(115_609 * 16 / (8 * 340))
     assert projection["total_s"] == pytest.approx(
         projection["plan_s"] + projection["map_gpu_bound_s"] + projection["finalise_s"])
     assert json.dumps(projection)
