@@ -14,3 +14,14 @@ class InputError(DepthSegError, ValueError):
 
 class StorageError(DepthSegError, OSError):
     """A local path or object-store key could not be read or written."""
+
+
+class LeaseLostError(StorageError):
+    """This run no longer holds its output's lease: another run writes the output now."""
+
+
+class RunError(DepthSegError):
+    """A run that had started stopped on an error; ``run.json`` in its output records it.
+
+    Command lines exit 1 on it (not 2: the input was accepted and work was done).
+    """

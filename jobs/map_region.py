@@ -5,7 +5,9 @@ Example::
     python jobs/map_region.py --bbox 109.2 24.1 109.6 24.5 --imagery s3://bucket/gf2/ \
         --model s3://bucket/models/vitb/ --out s3://bucket/maps/liuzhou/
 
-Exit codes: 0 all chunks mapped; 1 some chunks failed (listed in run.json); 2 bad input.
+Exit codes: 0 all chunks mapped; 1 some chunks failed (listed in run.json) or the run stopped
+on an error after it started (run.json says why; --resume continues it); 2 bad input or an
+output another run holds, found before any work.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import sys
 import time
 
-from depthseg.errors import DepthSegError
+from depthseg.errors import DepthSegError, LeaseLostError, RunError
 
 # run.json's start-up figures count from here: the heavy imports (torch, Ray) come later.
 COMMAND_START = time.time()
@@ -80,6 +82,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where chunks are written: separate Ray Data tasks (default with "
                              "GPUs) or the predict actor (default on CPU)")
     parser.add_argument("--resume", action="store_true", help="continue a run in --out")
+    parser.add_argument("--lease-timeout", type=float, default=300.0,
+                        help="seconds without a heartbeat after which another run's lease on "
+                             "--out counts as stale and is taken over (a run holds the lease "
+                             "while it writes; one whose process is gone on this host is "
+                             "stale at once)")
     parser.add_argument("--local", action="store_true",
                         help="run the stages in this process, without Ray (debugging)")
     parser.add_argument("--ray-address", default=None,
@@ -125,9 +132,12 @@ def main(argv: list[str] | None = None) -> int:
             compile=args.compile, write_stage=args.write_stage,
             executor="local" if args.local else "ray",
             bands=tuple(args.bands) if args.bands else None, scale=args.scale,
-            offset=args.offset)
+            offset=args.offset, lease_timeout_s=args.lease_timeout)
         report = map_region(request, storage, start_ray=start_ray,
                             command_start=COMMAND_START)
+    except (RunError, LeaseLostError) as err:  # it had started: work is kept, run.json says why
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except DepthSegError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

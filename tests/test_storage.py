@@ -11,7 +11,8 @@ from rasterio.transform import from_origin
 
 from depthseg.errors import InputError, StorageError
 from depthseg.io.catalog import describe_scene
-from depthseg.io.storage import S3Config, Storage, join, with_retries
+from depthseg.io.s3server import FaultProxy
+from depthseg.io.storage import S3Config, Storage, join, retries_so_far, with_retries
 from depthseg.io.warp import read_pixels
 
 
@@ -77,7 +78,7 @@ def test_real_worldview3_sample_opens_with_crs_and_transform(real_data):
 def test_missing_key_is_a_clear_error(s3_storage, s3_prefix):
     with pytest.raises(StorageError, match="does not exist"):
         s3_storage.read_bytes(f"{s3_prefix}/nope.bin")
-    with pytest.raises(StorageError, match="cannot open raster"):
+    with pytest.raises(StorageError, match="cannot read raster"):
         describe_scene(f"{s3_prefix}/nope.tif", s3_storage)
 
 
@@ -142,3 +143,33 @@ def test_repr_hides_the_secret_and_pickle_keeps_it():
     assert pickle.loads(pickle.dumps(storage)).s3.secret == secret
     assert pickle.loads(pickle.dumps(s3)) == s3
     assert "secret=None" in repr(S3Config())  # nothing to hide: say so
+
+
+@pytest.mark.parametrize("fault", ["cut", "drop", "fail"])
+def test_scene_reads_cut_off_or_dropped_are_retried(fault, tmp_path, s3_server, s3_storage,
+                                                    s3_prefix, caplog):
+    local = tmp_path / "scene.tif"
+    data = _write_cog(local)
+    uri = f"{s3_prefix}/scenes/scene-{fault}.tif"
+    s3_storage.upload(local, uri)
+    # 30 % of the scene's GETs fail: once cut or dropped, GDAL's cache would fail every
+    # later read of the file too, unless the retry reopens it uncached.
+    with FaultProxy(s3_server.port, seed=3, only=lambda method, path: method == "GET"
+                    and "/scenes/" in path, **{fault: 0.3}) as proxy:
+        storage = proxy.storage()
+        before = retries_so_far()
+        info = describe_scene(uri, storage)
+        for row in range(0, 300 - 64, 10):
+            pixels, _ = read_pixels(info, storage, row, 50, 64, 64)
+            np.testing.assert_array_equal(pixels, data[:, row:row + 64, 50:114])
+    assert proxy.counts[fault] > 0
+    assert retries_so_far() > before
+    if fault != "fail":  # ours (GDAL retries 5xx itself and says so)
+        assert any("retry 1 of 3" in r.getMessage() for r in caplog.records)
+
+
+def test_a_scene_that_is_really_broken_still_fails_naming_it(tmp_path, s3_storage, s3_prefix):
+    uri = f"{s3_prefix}/scenes/broken.tif"
+    s3_storage.write_bytes_atomic(uri, b"II*\x00" + b"\x00" * 100)
+    with pytest.raises(StorageError, match=r"broken.tif.* after 4 attempts .*check that it"):
+        describe_scene(uri, s3_storage)

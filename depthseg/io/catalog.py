@@ -39,13 +39,14 @@ from affine import Affine
 from rasterio.crs import CRS
 from shapely.strtree import STRtree
 
-from depthseg.errors import InputError, StorageError
+from depthseg.errors import InputError
 from depthseg.io.storage import Storage, join, scheme_of, with_retries
 from depthseg.io.warp import (
     RESAMPLING,
     check_resampling,
     open_zarr_variable,
     read_scene,
+    read_with_retries,
     same_crs,
 )
 
@@ -138,7 +139,8 @@ def describe_scene(uri: str, storage: Storage, acquired: str | None = None,
             pairs need not be).
     """
     path = storage.gdal_path(uri)
-    try:
+
+    def read() -> Scene:
         with storage.gdal_env(), warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             with rasterio.open(path) as src:
@@ -150,9 +152,9 @@ def describe_scene(uri: str, storage: Storage, acquired: str | None = None,
                              width=src.width, count=src.count, dtype=src.dtypes[0],
                              nodata=src.nodata, acquired=acquired or _acquired(src.tags()),
                              band_names=tuple(d or "" for d in src.descriptions))
-    except rasterio.errors.RasterioIOError as err:
-        raise StorageError(f"cannot open raster {uri!r} ({err}); check that it exists and is a "
-                           "GeoTIFF/COG") from err
+
+    return read_with_retries(read, path, f"raster {uri!r}",
+                             fix="check that it exists and is a GeoTIFF/COG")
 
 
 def describe_scenes(uris: Sequence[str], storage: Storage, require_crs: bool = True,

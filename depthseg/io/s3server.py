@@ -7,6 +7,9 @@ reach it over the loopback network exactly as they would reach S3 or MinIO. Need
 
 from __future__ import annotations
 
+import http.client
+import http.server
+import random
 import socket
 import subprocess
 import sys
@@ -14,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from types import TracebackType
 
 from depthseg.errors import StorageError
@@ -183,3 +187,150 @@ class LatencyProxy:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._server.close()
+
+
+class FaultProxy:
+    """An HTTP proxy on 127.0.0.1 that fails a fraction of the requests it relays.
+
+    Put it in front of :class:`LocalS3Server` to see what a flaky object store does to a run.
+    Each request is, with the given probabilities (seeded, so a run can be repeated):
+
+    - ``fail``: answered ``503 SlowDown`` (the store's "retry later");
+    - ``drop``: the connection is closed with no answer (a reset or a dead load balancer);
+    - ``cut``: relayed, but the response stops halfway through its body (a GET cut off
+      mid-transfer: the headers promise more bytes than arrive);
+
+    otherwise it is relayed as it is. ``counts`` says how many of each happened. ``only``
+    limits the faults to requests whose method and path it accepts (e.g. GETs of scenes).
+    """
+
+    def __init__(self, upstream_port: int, fail: float = 0.0, drop: float = 0.0,
+                 cut: float = 0.0, seed: int = 0, host: str = "127.0.0.1",
+                 only: Callable[[str, str], bool] | None = None) -> None:
+        self.upstream = (host, upstream_port)
+        self.rates = {"fail": fail, "drop": drop, "cut": cut}
+        self.only = only
+        self.counts = {"relayed": 0, "fail": 0, "drop": 0, "cut": 0}
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self.host = host
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # quiet
+                pass
+
+            def _relay(self) -> None:
+                proxy._handle(self)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _relay
+
+        self._server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+
+    @property
+    def endpoint_url(self) -> str:
+        """``http://HOST:PORT`` of the proxy."""
+        return f"http://{self.host}:{self.port}"
+
+    def storage(self) -> Storage:
+        """Storage settings that reach the server through this proxy."""
+        return Storage(s3=S3Config(endpoint_url=self.endpoint_url, key=_KEY, secret=_SECRET))
+
+    def _fault(self, method: str, path: str) -> str | None:
+        if self.only is not None and not self.only(method, path):
+            return None
+        with self._lock:
+            draw = self._random.random()
+        for kind, rate in self.rates.items():
+            if draw < rate:
+                return kind
+            draw -= rate
+        return None
+
+    def _count(self, kind: str) -> None:
+        with self._lock:
+            self.counts[kind] += 1
+
+    def _body(self, handler: http.server.BaseHTTPRequestHandler) -> bytes:
+        if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            parts: list[bytes] = []
+            while True:
+                size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(parts)
+                parts.append(handler.rfile.read(size))
+                handler.rfile.readline()
+        length = int(handler.headers.get("Content-Length") or 0)
+        return handler.rfile.read(length) if length else b""
+
+    def _handle(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        body = self._body(handler)
+        fault = self._fault(handler.command, handler.path)
+        if fault == "drop":
+            self._count("drop")
+            handler.close_connection = True
+            handler.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if fault == "fail":
+            self._count("fail")
+            message = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>"
+                       b"<Message>Please reduce your request rate.</Message></Error>")
+            handler.send_response(503)
+            handler.send_header("Content-Type", "application/xml")
+            handler.send_header("Content-Length", str(len(message)))
+            handler.send_header("Connection", "close")
+            handler.end_headers()
+            handler.wfile.write(message)
+            handler.close_connection = True
+            return
+        headers = {k: v for k, v in handler.headers.items()
+                   if k.lower() not in ("transfer-encoding", "connection", "content-length")}
+        if body or handler.command in ("PUT", "POST"):
+            headers["Content-Length"] = str(len(body))
+        upstream = http.client.HTTPConnection(*self.upstream, timeout=60)
+        try:
+            upstream.putrequest(handler.command, handler.path, skip_host=True,
+                                skip_accept_encoding=True)
+            for key, value in headers.items():
+                upstream.putheader(key, value)
+            upstream.endheaders(body or None)
+            response = upstream.getresponse()
+            data = response.read()
+            status, reply = response.status, response.getheaders()
+        finally:
+            upstream.close()
+        handler.send_response(status)
+        for key, value in reply:
+            if key.lower() not in ("transfer-encoding", "connection", "content-length",
+                                   "date", "server"):
+                handler.send_header(key, value)
+        length = (dict((k.lower(), v) for k, v in reply).get("content-length", "0")
+                  if handler.command == "HEAD" else str(len(data)))
+        handler.send_header("Content-Length", length)
+        handler.end_headers()
+        if handler.command == "HEAD":
+            self._count("relayed")
+            return
+        if fault == "cut" and len(data) > 1:
+            self._count("cut")
+            handler.wfile.write(data[:len(data) // 2])
+            handler.wfile.flush()
+            handler.close_connection = True
+            handler.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self._count("relayed")
+        handler.wfile.write(data)
+
+    def __enter__(self) -> FaultProxy:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()

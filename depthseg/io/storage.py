@@ -14,9 +14,13 @@ explicitly by the ``jobs/`` entry points.
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import random
+import re
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -213,8 +217,12 @@ class Storage:
         if scheme_of(uri) in _SCHEMES_LOCAL:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(f"{path}.tmp-{os.getpid()}-{random.getrandbits(32):08x}")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # a full disk or a bad target leaves nothing
+                raise
             return
         with_retries(lambda: fs.pipe_file(path, data))
 
@@ -285,6 +293,66 @@ def _is_transient(err: BaseException) -> bool:
     } or any(code in str(err) for code in ("SlowDown", "503", "500 Internal", "RequestTimeout"))
 
 
+_retries = [0]
+
+
+def count_retry() -> None:
+    """Count one retried storage operation (see :func:`retries_so_far`)."""
+    _retries[0] += 1
+
+
+class _LoggedRetries(logging.Filter):
+    """Counts the retries a library logs; lets records through exactly as before.
+
+    botocore and s3fs say "retrying" only at DEBUG level, so their loggers are lowered to
+    DEBUG, and this filter (on the logger itself, so before any handler or propagation)
+    drops again what the logger's previous level would have dropped.
+    """
+
+    def __init__(self, marker: str, floor: int) -> None:
+        super().__init__()
+        self.marker, self.floor = marker, floor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.marker in record.getMessage():
+            count_retry()
+        return record.levelno >= self.floor
+
+
+#: (logger, message fragment) of the retries botocore's retry handlers, s3fs's own retry
+#: loop and GDAL's HTTP layer (through rasterio) make.
+_LIBRARY_RETRIES = (("botocore.retries.standard", "Retry needed, retrying"),
+                    ("botocore.retryhandler", "Retry needed, action of"),
+                    ("s3fs", "Retryable error"),
+                    ("rasterio._env", "Retrying again in"),
+                    ("rasterio._err", "Retrying again in"))
+_counting = [False]
+
+
+def _count_library_retries() -> None:
+    if _counting[0]:
+        return
+    _counting[0] = True
+    for name, marker in _LIBRARY_RETRIES:
+        logger = logging.getLogger(name)
+        floor = logger.getEffectiveLevel()
+        logger.addFilter(_LoggedRetries(marker, floor))
+        if floor > logging.DEBUG:
+            logger.setLevel(logging.DEBUG)
+
+
+def retries_so_far() -> int:
+    """Storage operations retried in this process so far.
+
+    Counts :func:`with_retries`, the remote reads of
+    :func:`depthseg.io.warp.read_with_retries`, and the retries botocore, s3fs and GDAL make
+    on their own (from their log records, which stay as they were); the mapping stages
+    report the increase per chunk, and ``run.json`` the run's total.
+    """
+    _count_library_retries()
+    return _retries[0]
+
+
 def with_retries(
     fn: Callable[[], T], attempts: int = 5, base_delay_s: float = 0.2, max_delay_s: float = 5.0
 ) -> T:
@@ -298,6 +366,76 @@ def with_retries(
         except Exception as err:  # noqa: BLE001 - filtered by _is_transient
             if attempt == attempts - 1 or not _is_transient(err):
                 raise
+            count_retry()
             delay = min(max_delay_s, base_delay_s * 2**attempt)
             time.sleep(delay * (0.5 + random.random()))
     raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------------------------------
+# Local temporary folders
+
+_TEMP_NAME = re.compile(r"^depthseg-[a-z]+-(\d+)-")
+
+
+@contextmanager
+def temp_dir(kind: str) -> Iterator[Path]:
+    """A private temporary folder, removed when the block ends (also on errors).
+
+    Its name carries this process's id (``depthseg-<kind>-<pid>-...``), so the folders of a
+    process that was killed (SIGKILL runs no cleanup) are found and removed later by
+    :func:`sweep_temp_dirs`.
+    """
+    with tempfile.TemporaryDirectory(prefix=f"depthseg-{kind}-{os.getpid()}-") as name:
+        yield Path(name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_temp_dirs(root: str | os.PathLike[str] | None = None) -> int:
+    """Remove the :func:`temp_dir` folders of processes that no longer exist; return how many.
+
+    Called as jobs and workers start, so a killed run's temporary COGs and checkpoint
+    copies do not pile up in the system's temporary folder.
+    """
+    base = Path(root if root is not None else tempfile.gettempdir())
+    removed = 0
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return 0
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match and entry.is_dir(follow_symlinks=False) and not _alive(int(match[1])):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def remove_partial_files(out: str) -> int:
+    """Remove ``*.tmp-*`` files a killed writer left in a local output; return how many.
+
+    :meth:`Storage.write_bytes_atomic` writes local files under such names and renames them
+    into place, so one that is still there was never complete. Object stores have none (a
+    PUT is atomic). The Zarr mosaic is not walked: its chunks are rewritten whole.
+    """
+    if scheme_of(out) not in _SCHEMES_LOCAL:
+        return 0
+    root = Path(out.removeprefix("file://"))
+    removed = 0
+    for folder, dirs, files in os.walk(root):
+        if Path(folder) == root and "mosaic.zarr" in dirs:
+            dirs.remove("mosaic.zarr")
+        for name in files:
+            if ".tmp-" in name:
+                Path(folder, name).unlink(missing_ok=True)
+                removed += 1
+    return removed

@@ -16,9 +16,13 @@ so pixels outside it are never taken as valid zeros (a black chip is never writt
 
 from __future__ import annotations
 
+import logging
+import random
+import time
 import warnings
+from collections.abc import Callable
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import rasterio
@@ -29,10 +33,13 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from depthseg.errors import InputError, StorageError
-from depthseg.io.storage import Storage, with_retries
+from depthseg.io.storage import Storage, count_retry, with_retries
 
 if TYPE_CHECKING:
     from depthseg.io.catalog import Scene
+
+T = TypeVar("T")
+_log = logging.getLogger(__name__)
 
 #: Resampling of scenes warped onto another grid (names of ``rasterio.enums.Resampling``).
 RESAMPLING = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average")
@@ -121,12 +128,49 @@ def read_scene(scene: Scene, storage: Storage, crs: str, transform: Affine, heig
             valid = vrt.dataset_mask() > 0
         return pixels, valid
 
-    try:
-        pixels, valid = with_retries(direct if offset is not None else warped)
-    except rasterio.errors.RasterioIOError as err:
-        raise StorageError(f"cannot read scene {scene.uri!r} ({err}); check or remove it") from err
+    pixels, valid = read_with_retries(direct if offset is not None else warped, path,
+                                      f"scene {scene.uri!r}")
     pixels[:, ~valid] = 0
     return pixels, valid
+
+
+#: Attempts at one remote read before its error is taken as the file's own.
+READ_ATTEMPTS = 4
+def read_with_retries(read: Callable[[], T], gdal_path: str, what: str,
+                      attempts: int = READ_ATTEMPTS, base_delay_s: float = 0.5,
+                      fix: str = "check or remove it") -> T:
+    """``read()`` through GDAL, retried when a remote file's bytes did not arrive whole.
+
+    GDAL retries 5xx answers itself (``GDAL_HTTP_MAX_RETRY``) but not a response cut off
+    mid-body or a dropped connection, and it caches what it fetched: after such an error
+    every later read of that file fails the same way. A retry therefore reopens the file
+    with GDAL's cache for it turned off (``CPL_VSIL_CURL_NON_CACHED``), after a jittered
+    exponential backoff. Each retry is logged and counted
+    (:func:`~depthseg.io.storage.retries_so_far`). Local
+    files are not retried: their errors are theirs.
+
+    Raises:
+        StorageError: Every attempt failed (``fix`` ends its message: the file itself is
+            bad).
+    """
+    remote = gdal_path.startswith("/vsi")
+    tries = attempts if remote else 1
+    for attempt in range(tries):
+        try:
+            if attempt == 0:
+                return read()
+            with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=gdal_path):
+                return read()
+        except rasterio.errors.RasterioIOError as err:
+            if attempt == tries - 1:
+                after = f" after {tries} attempts" if tries > 1 else ""
+                raise StorageError(f"cannot read {what}{after} ({err}); {fix}") from err
+            count_retry()
+            delay = base_delay_s * 2**attempt * (0.5 + random.random())
+            _log.warning("read of %s failed (%s); retry %d of %d in %.1f s", what, err,
+                         attempt + 1, tries - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def read_pixels(scene: Scene, storage: Storage, row_off: int, col_off: int, height: int,

@@ -24,7 +24,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import tempfile
 import warnings
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -39,7 +38,7 @@ from rasterio.enums import Resampling
 
 from depthseg.geo import ChunkId
 from depthseg.io.bundle import Contract
-from depthseg.io.storage import Storage, join
+from depthseg.io.storage import Storage, join, temp_dir
 from depthseg.mapping import products
 from depthseg.mapping.products import COG_DTYPE, NODATA, RESAMPLING
 
@@ -318,10 +317,8 @@ def finalize(out: str, storage: Storage, plan: Plan, mosaic: Mosaic, chunks: lis
     created = created or datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     timing = seconds if seconds is not None else {}
     mosaic.consolidate()
-    with tempfile.TemporaryDirectory(prefix="depthseg-final-") as name, storage.gdal_env(), \
-            warnings.catch_warnings():
+    with temp_dir("final") as tmp, storage.gdal_env(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Non-standard compression", UserWarning)
-        tmp = Path(name)
         start = time.perf_counter()
         valid = _write_overviews(out, storage, plan, mosaic, factor, contract, tmp)
         timing["overview"] = time.perf_counter() - start

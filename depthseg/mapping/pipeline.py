@@ -10,7 +10,6 @@ idempotent, so a chunk that was half-written when the run was killed is simply w
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -26,11 +25,18 @@ from typing import Any
 
 import numpy as np
 
-from depthseg.errors import InputError
+from depthseg.errors import InputError, LeaseLostError, RunError
 from depthseg.geo import ChunkId
 from depthseg.io.bundle import Bundle, Contract, bundle_fingerprint, verify_bundle
 from depthseg.io.catalog import Catalog, open_catalog
-from depthseg.io.storage import Storage, join, scheme_of
+from depthseg.io.lease import Lease
+from depthseg.io.storage import (
+    Storage,
+    join,
+    remove_partial_files,
+    scheme_of,
+    sweep_temp_dirs,
+)
 from depthseg.mapping import products
 from depthseg.mapping.finalize import finalize
 from depthseg.mapping.plan import MapRequest, Plan, make_plan
@@ -303,6 +309,7 @@ def map_region(request: MapRequest, storage: Storage | None = None,
     contract = bundle.contract if bundle is not None else verify_bundle(request.model,
                                                                         storage)[1]
     check_output(request.out, storage)
+    sweep_temp_dirs()  # what killed runs left in this machine's temporary folder
 
     def plan_run() -> tuple[Catalog, Plan]:
         catalog = open_catalog(request.imagery, storage, asset=request.stac_asset)
@@ -326,11 +333,33 @@ def map_region(request: MapRequest, storage: Storage | None = None,
     for note in plan.notes:
         log(note)
     report = RunReport(request=request, notes=list(plan.notes))
-    mosaic = Mosaic(request.out, storage)
     inputs = run_inputs(request, catalog, bundle, storage)
     report.inputs = inputs
+    if command_start is not None:
+        report.timeline["command"] = command_start
+    # One run at a time writes an output: the lease is taken before anything is created or
+    # compared, so two fresh starts (or resumes) cannot interleave.
+    lease = Lease(request.out, storage, stale_s=request.lease_timeout_s).acquire(log)
+    report.lease = lease.to_dict()
+    try:
+        return _map_with_lease(request, storage, bundle, log, cogs_ready, contract, catalog,
+                               plan, report, lease, started)
+    finally:
+        lease.release()
+
+
+def _map_with_lease(request: MapRequest, storage: Storage, bundle: Bundle | None,
+                    log: Callable[[str], None], cogs_ready: Collection[ChunkId],
+                    contract: Contract, catalog: Catalog, plan: Plan, report: RunReport,
+                    lease: Lease, started: float) -> RunReport:
+    """:func:`map_region` once the output's lease is held."""
+    mosaic = Mosaic(request.out, storage)
+    if request.resume:
+        partial = remove_partial_files(request.out)
+        if partial:
+            log(f"removed {partial} partial files a killed run left in {request.out!r}")
     already = _start_output(request, plan, storage, mosaic, mosaic_attrs(request, contract),
-                            inputs)
+                            report.inputs)
     todo = [c for c in plan.chunks if c not in already]
     report.start(plan, already=len(already), todo=len(todo))
     log(f"plan: grid {plan.grid.shape[0]}x{plan.grid.shape[1]} px in {plan.grid.crs} at "
@@ -342,7 +371,7 @@ def map_region(request: MapRequest, storage: Storage | None = None,
                        storage=storage, source_dtype=catalog.dtype, resampling=plan.resampling,
                        scale=plan.scale, dtype=contract.input_dtype,
                        value_range=contract.value_range, contract=contract, factor=factor,
-                       created=report.started_at)
+                       created=report.started_at, run_id=lease.run_id)
     rows, extent = chunk_rows(catalog, plan, todo)
     report.seconds["plan"] = time.perf_counter() - started
     shown: set[str] = set()
@@ -360,8 +389,6 @@ def map_region(request: MapRequest, storage: Storage | None = None,
 
     map_start, map_cpu = time.perf_counter(), time.process_time()
     report.timeline["map"] = time.time()
-    if command_start is not None:
-        report.timeline["command"] = command_start
     try:
         if todo:
             if request.executor == "ray":
@@ -372,6 +399,10 @@ def map_region(request: MapRequest, storage: Storage | None = None,
                 run_local(ctx, rows, predictor, on_result)
         report.seconds["map"] = time.perf_counter() - map_start
         report.driver_map_cpu_s = time.process_time() - map_cpu
+        if lease.lost is not None:
+            raise LeaseLostError(f"another run took over the lease on {request.out!r} while "
+                                 "this one mapped; it finishes the output (this run wrote "
+                                 "no run.json)")
         # Start-up, from the workers' own clocks (the driver sees results a block late):
         # the first chunk's products written, and the first tile on a model.
         timeline = report.timeline
@@ -389,13 +420,22 @@ def map_region(request: MapRequest, storage: Storage | None = None,
         report.cogs_reused = len(set(cogs_ready) & set(done))
         report.seconds["finalise"] = time.perf_counter() - final_start
         report.done = len(done)
-    except Exception:
+    except LeaseLostError:
+        raise  # the output is another run's now: its run.json is not ours to write
+    except Exception as err:
         # The run stops: say why in run.json (with the traceback), then let the caller see it.
         report.error = traceback.format_exc().rstrip()
         report.seconds["total"] = time.perf_counter() - started
-        with contextlib.suppress(Exception):
-            storage.write_bytes_atomic(join(request.out, "run.json"), report.to_json())
-        raise
+        recorded = join(request.out, "run.json")
+        try:
+            storage.write_bytes_atomic(recorded, report.to_json())
+        except Exception as again:  # noqa: BLE001 - e.g. the disk that failed is full
+            recorded = f"nowhere: run.json could not be written either ({again})"
+        phase = "finalising" if "map" in report.seconds else "mapping"
+        text = str(err).splitlines()[0] if str(err) else ""
+        raise RunError(f"the run stopped while {phase}: {type(err).__name__}: {text}; the "
+                       f"chunks already done are kept; see {recorded}, fix the cause and "
+                       "rerun with --resume") from err
     report.seconds["total"] = time.perf_counter() - started
     storage.write_bytes_atomic(join(request.out, "run.json"), report.to_json())
     log(report.summary())

@@ -79,6 +79,9 @@ class MapRequest:
         scale: Multiply pixels by this before the model (e.g. float reflectance -> the
             bundle's integers); None: pixels go in as they are.
         offset: Add this after ``scale``.
+        lease_timeout_s: Seconds without a heartbeat after which another run's lease on
+            ``out`` is stale and may be taken over (see :mod:`depthseg.io.lease`); a lease
+            whose process is gone (same host) is stale at once.
     """
 
     bbox: tuple[float, float, float, float]
@@ -103,8 +106,12 @@ class MapRequest:
     bands: tuple[str, ...] | None = None
     scale: float | None = None
     offset: float = 0.0
+    lease_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.lease_timeout_s) and self.lease_timeout_s > 0):
+            raise InputError(f"lease timeout {self.lease_timeout_s!r} s is not a positive number "
+                             "of seconds; give e.g. --lease-timeout 300")
         if self.write_stage not in ("auto", "separate", "actor"):
             raise InputError(f"write stage {self.write_stage!r} is not known; give 'auto', "
                              "'separate' or 'actor'")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import tempfile
 import warnings
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -36,7 +35,7 @@ from rio_cogeo.profiles import cog_profiles
 
 from depthseg.geo import ChunkId, OutputGrid
 from depthseg.io.bundle import Contract
-from depthseg.io.storage import Storage, join
+from depthseg.io.storage import Storage, join, temp_dir
 from depthseg.mapping.predict import CONFIDENCE_NODATA, LANDCOVER_NODATA, ChunkPrediction
 
 #: The overview COG of a layer stays at most this many pixels on its long side.
@@ -197,9 +196,9 @@ def cog_uri(out: str, layer: str, chunk: ChunkId) -> str:
 def write_cogs(out: str, storage: Storage, grid: OutputGrid, chunk: ChunkId,
                prediction: ChunkPrediction, contract: Contract) -> None:
     """Encode the chunk's three COG tiles locally, then upload/rename each whole."""
-    with tempfile.TemporaryDirectory(prefix="depthseg-cog-") as tmp, storage.gdal_env():
+    with temp_dir("cog") as tmp, storage.gdal_env():
         for layer in RESAMPLING:
-            local = Path(tmp) / f"{layer}.tif"
+            local = tmp / f"{layer}.tif"
             encode_cog(getattr(prediction, layer), layer, grid, chunk, contract, local)
             storage.upload(local, cog_uri(out, layer, chunk))
 

@@ -36,6 +36,10 @@ class RunReport:
         failed: ``{chunk key: error}`` of chunks that could not be mapped.
         tracebacks: ``{chunk key: traceback}`` of chunks that failed unexpectedly (bugs,
             not bad input).
+        inputs: The model's and the imagery's fingerprints (what a resume must match).
+        lease: This run's id and lease generation on the output.
+        retries: Transient storage errors (scene reads, writes) retried by this run's
+            stages: cut-off responses, resets, 5xx.
         notes: What the planner decided for the user (bands, resolution, phase, warnings).
         error: The traceback of an error that stopped the whole run, or None.
         seconds: Wall seconds per phase (plan, map, finalise, total) and summed per stage
@@ -63,6 +67,8 @@ class RunReport:
     finalise_steps: dict[str, float] = field(default_factory=dict)
     driver_map_cpu_s: float = 0.0
     inputs: dict[str, Any] = field(default_factory=dict)
+    lease: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "predict": 0.0,
@@ -83,6 +89,7 @@ class RunReport:
     def add_chunk(self, row: dict[str, Any]) -> None:
         """Record one chunk result from the write stage."""
         self.finished += 1
+        self.retries += int(row.get("retries", 0))
         if row["error"]:
             self.failed[str(row["chunk"])] = str(row["error"])
             if row.get("detail"):
@@ -137,6 +144,8 @@ class RunReport:
                                   else {})} for k, v in sorted(self.failed.items())],
             "notes": self.notes,
             "inputs": self.inputs,
+            "lease": self.lease,
+            "retries": self.retries,
             "error": self.error,
             "cogs": {"encoded": self.done - self.cogs_reused, "reused": self.cogs_reused},
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},

@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from depthseg.errors import DepthSegError
+from depthseg.errors import DepthSegError, LeaseLostError
 from depthseg.geo import ChunkId, OutputGrid, TileSpec, chunk_read_window
+from depthseg.io import lease
 from depthseg.io.bundle import Bundle, Contract, load_bundle
 from depthseg.io.catalog import Scene, composite
-from depthseg.io.storage import Storage
+from depthseg.io.storage import Storage, retries_so_far
 from depthseg.mapping import products
 from depthseg.mapping.predict import ChunkPrediction, ChunkPredictor, pick_device
 from depthseg.mapping.write import LAYERS, Mosaic
@@ -54,6 +55,8 @@ class ChunkContext:
         contract: The bundle's contract (class names and colours of the COGs and Items).
         factor: The overview level's downsampling factor.
         created: When the run started (the STAC Items' ``created``).
+        run_id: The run's lease id (:mod:`depthseg.io.lease`): a chunk is marked done only
+            while this run still holds the output's lease; "" writes without checking.
     """
 
     grid: OutputGrid
@@ -69,6 +72,7 @@ class ChunkContext:
     contract: Contract | None = None
     factor: int = 2
     created: str = ""
+    run_id: str = ""
 
     @property
     def pixel_dtype(self) -> str:
@@ -132,7 +136,12 @@ def write_products(ctx: ChunkContext, mosaic: Mosaic, chunk: ChunkId,
     item = products.stac_item(ctx.grid, chunk, ctx.contract, acquired, ctx.created)
     ctx.storage.write_bytes_atomic(products.item_uri(ctx.out, chunk),
                                    json.dumps(item, indent=2).encode())
-    mosaic.mark_done(chunk)
+    if ctx.run_id and not lease.holds(ctx.out, ctx.storage, ctx.run_id):
+        # A worker that outlived its run (killed driver) or a run that lost its lease: the
+        # run holding the output now maps this chunk itself.
+        raise LeaseLostError(f"run {ctx.run_id[:8]} no longer holds the lease on "
+                             f"{ctx.out!r}; chunk {chunk.key} left for the run that does")
+    mosaic.mark_done(chunk, ctx.run_id)
     return int(blocks["valid_count"].sum())
 
 
@@ -154,9 +163,9 @@ def read_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, Any
     window = chunk_read_window(ctx.grid.chunk_window(ChunkId.parse(keys[0])),
                                ctx.tiles.halo_px)
     shape = (len(ctx.bands), window.height, window.width)
-    pixels, valid, errors, details, seconds = [], [], [], [], []
+    pixels, valid, errors, details, seconds, retries = [], [], [], [], [], []
     for key, text in zip(keys, batch["scenes"], strict=True):
-        start = time.perf_counter()
+        start, retried = time.perf_counter(), retries_so_far()
         try:
             chunk_pixels, chunk_valid = read_chunk(ctx, ChunkId.parse(key),
                                                    scenes_from_text(str(text)))
@@ -170,9 +179,11 @@ def read_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, Any
         pixels.append(chunk_pixels)
         valid.append(chunk_valid)
         seconds.append(time.perf_counter() - start)
+        retries.append(retries_so_far() - retried)
     return {"chunk": np.array(keys), "acquired": np.array([str(a) for a in batch["acquired"]]),
             "pixels": np.stack(pixels), "valid": np.stack(valid), "error": np.array(errors),
-            "detail": np.array(details), "read_s": np.array(seconds)}
+            "detail": np.array(details), "read_s": np.array(seconds),
+            "retries": np.array(retries)}
 
 
 class ChunkPredictActor:
@@ -221,7 +232,7 @@ class ChunkPredictActor:
         size = self.ctx.grid.chunk_size
         out: dict[str, list[Any]] = {name: [] for name in (
             "chunk", "acquired", "error", "detail", "read_s", "predict_s", "tiles",
-            "first_tile_at", *LAYERS)}
+            "first_tile_at", "retries", *LAYERS)}
         for i, key in enumerate(batch["chunk"]):
             error, detail, seconds = str(batch["error"][i]), str(batch["detail"][i]), 0.0
             prediction, tiles = None, 0
@@ -240,7 +251,7 @@ class ChunkPredictActor:
             for name, value in (("chunk", str(key)), ("acquired", str(batch["acquired"][i])),
                                 ("error", error), ("detail", detail),
                                 ("read_s", float(batch["read_s"][i])), ("predict_s", seconds),
-                                ("tiles", tiles),
+                                ("tiles", tiles), ("retries", int(batch["retries"][i])),
                                 ("first_tile_at", self.predictor.first_forward_at or 0.0)):
                 out[name].append(value)
         rows = {name: np.stack(v) if name in LAYERS else np.array(v) for name, v in out.items()}
@@ -261,9 +272,10 @@ def write_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, np
     mosaic = Mosaic(ctx.out, ctx.storage)
     results: dict[str, list[Any]] = {name: [] for name in (
         "chunk", "error", "detail", "read_s", "predict_s", "write_s", "valid", "tiles",
-        "first_tile_at", "done_at")}
+        "first_tile_at", "done_at", "retries")}
     for i, key in enumerate(batch["chunk"]):
         error, detail, seconds, valid = str(batch["error"][i]), str(batch["detail"][i]), 0.0, 0
+        retried = retries_so_far()
         if not error:
             start = time.perf_counter()
             try:
@@ -278,7 +290,8 @@ def write_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, np
                             ("predict_s", float(batch["predict_s"][i])), ("write_s", seconds),
                             ("valid", valid), ("tiles", int(batch["tiles"][i])),
                             ("first_tile_at", float(batch["first_tile_at"][i])),
-                            ("done_at", time.time())):
+                            ("done_at", time.time()),
+                            ("retries", int(batch["retries"][i]) + retries_so_far() - retried)):
             results[name].append(value)
     return {name: np.array(values) for name, values in results.items()}
 

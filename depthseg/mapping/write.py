@@ -20,6 +20,7 @@ chunk's outputs are (see :mod:`depthseg.mapping.products`).
 
 from __future__ import annotations
 
+import json
 import warnings
 from typing import Any
 
@@ -137,9 +138,13 @@ class Mosaic:
 
             with_retries(write)
 
-    def mark_done(self, chunk: ChunkId) -> None:
-        """The done marker: written after every output of the chunk."""
-        self.storage.write_bytes_atomic(self.done_uri(chunk), chunk.key.encode())
+    def mark_done(self, chunk: ChunkId, run_id: str = "") -> None:
+        """The done marker: written after every output of the chunk.
+
+        It names the chunk and the run (lease id) that wrote it.
+        """
+        self.storage.write_bytes_atomic(self.done_uri(chunk), json.dumps(
+            {"chunk": chunk.key, "run_id": run_id}).encode())
 
     def write_chunk(self, grid: OutputGrid, chunk: ChunkId, prediction: ChunkPrediction) -> None:
         """Write the chunk's three layers, then its done marker (no other products)."""

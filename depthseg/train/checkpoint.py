@@ -144,7 +144,8 @@ def local_copy(fill: Callable[[str], Any]) -> str:
     Pass the result to :func:`restoring` (or :func:`discard_copy`) to remove it; if ``fill``
     raises, the directory is removed at once.
     """
-    directory = os.path.normpath(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+    # The process id in the name lets sweep_temp_dirs remove copies of killed workers.
+    directory = os.path.normpath(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-"))
     _temp_copies.add(directory)
     try:
         fill(directory)

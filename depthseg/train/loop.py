@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import tempfile
 import time
 from collections.abc import Collection, Iterable
 from contextlib import nullcontext
@@ -32,7 +31,7 @@ from depthseg.config import Config, dump_config
 from depthseg.errors import InputError
 from depthseg.io.bundle import Contract, save_bundle
 from depthseg.io.chips import ChipStore
-from depthseg.io.storage import Storage, join, scheme_of
+from depthseg.io.storage import Storage, join, scheme_of, sweep_temp_dirs, temp_dir
 from depthseg.io.weights import build_model_from_uri
 from depthseg.metrics import MEAN_KEYS, confusion_matrix, scores
 from depthseg.model import DepthSegLoss, normalize
@@ -245,6 +244,7 @@ def confusion_over(model: nn.Module, batches: Iterable[Batch], mean: Tensor, std
 def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print) -> TrainState:
     """Train (or continue training) the run ``spec``; returns the final state."""
     hooks = hooks or Hooks(spec)
+    sweep_temp_dirs()  # checkpoint copies of killed workers on this machine
     cfg, tc, storage = spec.config, spec.config.train, spec.storage
     rank, world = hooks.rank, hooks.world_size
     store = ChipStore.open(spec.chips, storage)
@@ -321,12 +321,12 @@ def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print)
                     if isinstance(value, float) and math.isfinite(value):
                         board.add_scalar(key, value, state.step)
         log_rank0(rank, log, format_epoch(metrics, tc.epochs))
-        with tempfile.TemporaryDirectory(prefix="depthseg-ckpt-") as tmp:
+        with temp_dir("ckpt") as tmp:
             ckpt = None
             if rank == 0:
                 save_state(tmp, model, optimizer, scheduler, state,
                            {"total_steps": total, "config": cfg.to_dict()})
-                ckpt = tmp
+                ckpt = str(tmp)
             hooks.report(metrics, ckpt, state.epoch)
         _maybe_fault(spec, state.epoch, storage)
     if board is not None:

@@ -14,6 +14,7 @@ import xarray as xr
 from mapping_helpers import region_request
 
 from depthseg.io.chips import open_zarr_store
+from depthseg.io.s3server import FaultProxy
 from depthseg.io.storage import Storage
 from depthseg.mapping import map_region
 
@@ -59,3 +60,33 @@ def test_local_and_s3_runs_give_identical_bytes(
     assert remote_mosaic.rio.crs == local_mosaic.rio.crs
     for name in ("landcover", "confidence", "depth"):
         np.testing.assert_array_equal(remote_mosaic[name].values, local_mosaic[name].values)
+
+
+def test_a_run_through_a_flaky_store_gives_identical_bytes(
+        synthetic_region: Any, bundle_uint16: str, s3_server: Any, s3_prefix: str,
+        s3_storage: Storage) -> None:
+    # Scenes and outputs on S3; one run reaches it directly, one through a proxy that fails
+    # 5 % of all requests: 503s, dropped connections and GETs cut off mid-body.
+    fs, path = s3_storage.fs(s3_prefix)
+    fs.put(str(synthetic_region.root / "scenes"), f"{path}/scenes", recursive=True)
+    half = synthetic_region.size * synthetic_region.resolution / 2
+    x0, y0 = synthetic_region.transform.c, synthetic_region.transform.f
+    request = replace(region_request(synthetic_region, f"{s3_prefix}/clean", bundle_uint16),
+                      imagery=f"{s3_prefix}/scenes/", bbox=(x0, y0 - half, x0 + half, y0))
+    clean = map_region(request, storage=s3_storage, log=lambda _: None)
+    assert clean.ok and clean.retries == 0
+    with FaultProxy(s3_server.port, fail=0.02, drop=0.015, cut=0.015, seed=7) as proxy:
+        flaky = map_region(replace(request, out=f"{s3_prefix}/flaky"), storage=proxy.storage(),
+                           log=lambda _: None)
+        assert proxy.counts["cut"] and proxy.counts["drop"] and proxy.counts["fail"], \
+            proxy.counts
+    assert flaky.ok, flaky.failed
+    assert flaky.retries > 0  # counted in run.json
+    run = json.loads(s3_storage.read_bytes(f"{s3_prefix}/flaky/run.json"))
+    assert run["retries"] == flaky.retries and run["ok"]
+    clean_files = _s3_files(f"{s3_prefix}/clean", s3_storage)
+    flaky_files = _s3_files(f"{s3_prefix}/flaky", s3_storage)
+    compared = [k for k in clean_files if k.startswith(("mosaic.zarr/", "cog/"))
+                and not k.endswith((".vrt", "zarr.json"))]
+    assert any("/c/" in k for k in compared) and any(k.endswith(".tif") for k in compared)
+    assert [k for k in compared if flaky_files.get(k) != clean_files[k]] == []
