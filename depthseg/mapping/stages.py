@@ -29,7 +29,7 @@ from depthseg.geo import ChunkId, OutputGrid, TileSpec, chunk_read_window
 from depthseg.io import lease
 from depthseg.io.bundle import Bundle, Contract, load_bundle
 from depthseg.io.catalog import Scene, composite
-from depthseg.io.storage import Storage, retries_so_far
+from depthseg.io.storage import Storage, retries_so_far, sweep_temp_dirs
 from depthseg.mapping import products
 from depthseg.mapping.predict import ChunkPrediction, ChunkPredictor, pick_device
 from depthseg.mapping.write import LAYERS, Mosaic
@@ -215,6 +215,7 @@ class ChunkPredictActor:
                 CPU-only runs, where the model shares the cores with the writes anyway and a
                 separate stage only adds a hop through the object store.
         """
+        sweep_temp_dirs()  # COG temp folders of killed workers on this node
         if bundle is None:
             assert model_uri is not None
             bundle = load_bundle(model_uri, ctx.storage)

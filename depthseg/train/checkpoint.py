@@ -14,6 +14,11 @@ as a dict, numpy's RNG keys as a tensor); a file that needs anything else is ref
 an ``ndarray``) still load: numpy's array reconstruction is allowlisted for that, and nothing
 else is.
 
+A checkpoint is durable once its ``state.pt`` is in run storage: :func:`persist_checkpoint`
+writes it whole (a local rename or one S3 PUT) before Ray or anyone else is told of it, and a
+restore takes the newest checkpoint directory holding a ``state.pt``
+(:func:`newest_checkpoint`), whether or not Ray recorded it before a worker died.
+
 Checkpoints in remote storage are restored from a local copy: :func:`local_copy` makes one in a
 ``depthseg-ckpt-*`` temporary directory and :func:`restoring` removes it once the state is
 loaded (never a checkpoint directory it did not create).
@@ -39,6 +44,7 @@ import torch
 from torch import nn
 
 from depthseg.errors import InputError
+from depthseg.io.storage import Storage, join, scheme_of
 
 STATE_FILE = "state.pt"
 CHECKPOINT_PREFIX = "checkpoint_epoch_"  # + 4-digit epoch: sorts in epoch order
@@ -214,3 +220,48 @@ def _unpickler_reason(err: BaseException) -> str:
     match = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\s+Please use|\n\n|$)", text, re.S)
     reason = match.group(1) if match else text
     return " ".join(reason.split())[:200] or type(err).__name__
+
+
+def checkpoint_name(epoch: int) -> str:
+    """``checkpoint_epoch_NNNN``: the folder of the checkpoint after ``epoch`` epochs."""
+    return f"{CHECKPOINT_PREFIX}{epoch:04d}"
+
+
+def persist_checkpoint(local_dir: str | Path, run_dir: str, epoch: int,
+                       storage: Storage) -> str:
+    """Copy ``local_dir``'s ``state.pt`` into ``<run_dir>/checkpoint_epoch_NNNN/``.
+
+    The copy is atomic (a temporary file renamed locally, one PUT to S3), so a checkpoint
+    folder that holds a ``state.pt`` holds all of it. Returns the folder's URI.
+    """
+    target = join(run_dir, checkpoint_name(epoch))
+    storage.upload(Path(local_dir) / STATE_FILE, join(target, STATE_FILE))
+    return target
+
+
+def newest_checkpoint(run_dir: str, storage: Storage) -> str | None:
+    """The newest durable checkpoint of a run, as a local directory, or None.
+
+    Folders are tried newest first; one without a ``state.pt`` (a checkpoint whose writer
+    died) is skipped. A remote checkpoint comes as a temporary local copy: pass it to
+    :func:`restoring`, which removes it once loaded.
+    """
+    fs, path = storage.fs(run_dir)
+    fs.invalidate_cache(path)
+    if not fs.exists(path):
+        return None
+    names = sorted((p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)),
+                   reverse=True)
+    for name in names:
+        if not name.startswith(CHECKPOINT_PREFIX):
+            continue
+        uri = join(run_dir, name)
+        if not storage.exists(join(uri, STATE_FILE)):
+            continue
+        if scheme_of(uri) in ("", "file"):
+            return uri
+        def fill(local: str, uri: str = uri) -> None:
+            Path(local, STATE_FILE).write_bytes(storage.read_bytes(join(uri, STATE_FILE)))
+
+        return local_copy(fill)
+    return None

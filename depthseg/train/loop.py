@@ -36,11 +36,12 @@ from depthseg.io.weights import build_model_from_uri
 from depthseg.metrics import MEAN_KEYS, confusion_matrix, scores
 from depthseg.model import DepthSegLoss, normalize
 from depthseg.train.checkpoint import (
-    CHECKPOINT_PREFIX,
     STATE_FILE,
     TrainState,
+    checkpoint_name,
     load_state,
-    local_copy,
+    newest_checkpoint,
+    persist_checkpoint,
     restoring,
     save_state,
 )
@@ -59,6 +60,8 @@ class RunSpec:
         tensorboard: Also write TensorBoard event files (when a writer is installed).
         fault_after_epoch: Fault injection for tests: raise after this epoch's checkpoint
             the first time it is reached (a marker file in ``run_dir`` remembers).
+        fault_rank: With ``fault_after_epoch``: only this worker fails, before it reports
+            the epoch (see :func:`fault_before_report`).
     """
 
     config: Config
@@ -67,6 +70,7 @@ class RunSpec:
     storage: Storage = Storage()
     tensorboard: bool = False
     fault_after_epoch: int | None = None
+    fault_rank: int | None = None
 
 
 class Feed(Protocol):
@@ -101,26 +105,13 @@ class Hooks:
         return tensor
 
     def latest_checkpoint(self) -> str | None:
-        """Local directory of the latest checkpoint's ``state.pt``, or None."""
-        fs, path = self.spec.storage.fs(self.spec.run_dir)
-        if not fs.exists(path):
-            return None
-        names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
-        names = [n for n in names if n.startswith(CHECKPOINT_PREFIX)]
-        if not names:
-            return None
-        uri = join(self.spec.run_dir, names[-1])
-        if scheme_of(uri) in ("", "file"):
-            return uri
-        # A temporary copy: fit() removes it (checkpoint.restoring) once the state is loaded.
-        return local_copy(lambda local: Path(local, STATE_FILE).write_bytes(
-            self.spec.storage.read_bytes(join(uri, STATE_FILE))))
+        """Local directory of the newest durable checkpoint, or None."""
+        return newest_checkpoint(self.spec.run_dir, self.spec.storage)
 
     def report(self, metrics: dict[str, Any], checkpoint: str | None, epoch: int) -> None:
         """Persist ``checkpoint`` (a local directory) as ``<run_dir>/checkpoint_epoch_NNNN``."""
         if checkpoint is not None:
-            target = join(self.spec.run_dir, f"{CHECKPOINT_PREFIX}{epoch:04d}", STATE_FILE)
-            self.spec.storage.upload(Path(checkpoint) / STATE_FILE, target)
+            persist_checkpoint(checkpoint, self.spec.run_dir, epoch, self.spec.storage)
 
 
 def fit_config_to_store(config: Config, store: ChipStore,
@@ -263,6 +254,8 @@ def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print)
             state, _ = load_state(checkpoint, model, optimizer, scheduler)
         model.to(device)
         log_rank0(rank, log, f"resumed from {checkpoint}: epoch {state.epoch}, step {state.step}")
+        if rank == 0:
+            _record_restore(spec, state)
         if align_schedule(optimizer, scheduler, tc.milestone_steps(total)):
             log_rank0(rank, log, f"epochs changed: LR milestones moved to "
                       f"{tc.milestone_steps(total)}, lr now {scheduler.get_last_lr()}")
@@ -383,8 +376,40 @@ def _board(spec: RunSpec) -> Any:
     return SummaryWriter(str(Path(spec.run_dir) / "tensorboard"))
 
 
+RESTORES = "restores.jsonl"
+
+
+def _record_restore(spec: RunSpec, state: TrainState) -> None:
+    """Append where a restart or resume continued from to ``<run_dir>/restores.jsonl``."""
+    uri = join(spec.run_dir, RESTORES)
+    before = spec.storage.read_bytes(uri) if spec.storage.exists(uri) else b""
+    line = json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "epoch": state.epoch, "step": state.step})
+    spec.storage.write_bytes_atomic(uri, before + line.encode() + b"\n")
+
+
+def fault_before_report(spec: RunSpec, epoch: int, rank: int) -> None:
+    """Fault injection for tests: worker ``spec.fault_rank`` dies before it reports ``epoch``.
+
+    It waits until rank 0's checkpoint of that epoch is durable, so the checkpoint is in run
+    storage while Ray, missing this worker's report, never records it.
+    """
+    if spec.fault_rank is None or rank != spec.fault_rank or epoch != spec.fault_after_epoch:
+        return
+    marker = join(spec.run_dir, f"fault_injected_{epoch}")
+    if spec.storage.exists(marker):
+        return
+    state = join(spec.run_dir, checkpoint_name(epoch), STATE_FILE)
+    deadline = time.monotonic() + 120
+    while not spec.storage.exists(state) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    spec.storage.write_bytes_atomic(marker, b"1")
+    raise RuntimeError(f"injected fault on rank {rank} before reporting epoch {epoch}")
+
+
 def _maybe_fault(spec: RunSpec, epoch: int, storage: Storage) -> None:
-    if spec.fault_after_epoch is None or epoch != spec.fault_after_epoch:
+    if (spec.fault_after_epoch is None or epoch != spec.fault_after_epoch
+            or spec.fault_rank is not None):
         return
     marker = join(spec.run_dir, f"fault_injected_{epoch}")
     if storage.exists(marker):

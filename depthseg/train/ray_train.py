@@ -8,11 +8,12 @@
 * DDP via ``ray.train.torch.prepare_model``, with the frozen encoder's parameters excluded
   from DDP (nothing to all-reduce, nothing to broadcast);
 * confusion matrices and loss sums added over workers with ``torch.distributed.all_reduce``;
-* a checkpoint per epoch reported with ``ray.train.report``; ``FailureConfig(max_failures)``
-  restarts the worker group from the latest checkpoint, and a new ``fit`` of the same run
-  name and storage path (``--resume``) continues from it too (Ray Train v2 restores its
-  checkpoint manager from ``checkpoint_manager_snapshot.json`` in the run folder, and
-  ``ray.train.get_checkpoint()`` returns the latest checkpoint in both cases).
+* a checkpoint per epoch, written to run storage by rank 0 and only then reported with
+  ``ray.train.report`` (by reference); ``FailureConfig(max_failures)`` restarts the worker
+  group from the newest durable checkpoint in the run folder (one Ray may not have recorded
+  yet, when a worker died before its report), and a new ``fit`` of the same run name and
+  storage path (``--resume``) continues from it too; ``restores.jsonl`` in the run folder
+  lists every restore (epoch, step).
 """
 
 from __future__ import annotations
@@ -28,9 +29,15 @@ from torch import Tensor, nn
 from depthseg.errors import DepthSegError, InputError
 from depthseg.io.chips import ChipStore
 from depthseg.io.storage import Storage, join, scheme_of
-from depthseg.train.checkpoint import CHECKPOINT_PREFIX, frozen_names, local_copy
+from depthseg.train.checkpoint import (
+    checkpoint_name,
+    frozen_names,
+    local_copy,
+    newest_checkpoint,
+    persist_checkpoint,
+)
 from depthseg.train.data import Batch, RayFeed, ray_datasets, read_chips
-from depthseg.train.loop import Hooks, RunSpec, fit
+from depthseg.train.loop import Hooks, RunSpec, fault_before_report, fit
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train v2's run-state file
 
@@ -97,28 +104,41 @@ class RayHooks(Hooks):
         return tensor
 
     def latest_checkpoint(self) -> str | None:
-        """The checkpoint Ray hands back after a failure or on a resumed run.
+        """The newest durable checkpoint in the run folder, after a failure or on a resume.
 
-        A temporary local copy: :func:`~depthseg.train.loop.fit` removes it once loaded.
+        Not only the one Ray recorded: Ray records a checkpoint once every worker reported
+        it, so a worker that died just before its report would cost an epoch that rank 0
+        had already written. A temporary local copy where storage is remote:
+        :func:`~depthseg.train.loop.fit` removes it once loaded.
         """
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        return local_copy(checkpoint.to_directory)
+        newest = newest_checkpoint(self.spec.run_dir, self.spec.storage)
+        if newest is not None:
+            return newest
+        checkpoint = ray.train.get_checkpoint()  # none of ours there: whatever Ray has
+        return None if checkpoint is None else local_copy(checkpoint.to_directory)
 
     def report(self, metrics: dict[str, Any], checkpoint: str | None, epoch: int) -> None:
-        """Report metrics (every worker) with rank 0's checkpoint."""
-        import ray.train
+        """Report metrics (every worker) with rank 0's checkpoint, persisted first.
 
+        Rank 0 writes the checkpoint to run storage itself (whole, atomically) and then
+        hands Ray a reference to it (``NO_UPLOAD``): a checkpoint Ray hears of is durable.
+        """
+        import ray.train
+        from ray.train import CheckpointUploadMode
+
+        reported = None
+        if checkpoint is not None:
+            persist_checkpoint(checkpoint, self.spec.run_dir, epoch, self.spec.storage)
+            storage = ray.train.get_context().get_storage()
+            reported = ray.train.Checkpoint(
+                path=f"{storage.experiment_fs_path}/{checkpoint_name(epoch)}",
+                filesystem=storage.storage_filesystem)
+        fault_before_report(self.spec, epoch, self.rank)
         flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-        ray.train.report(
-            flat,
-            checkpoint=None if checkpoint is None else ray.train.Checkpoint.from_directory(
-                checkpoint),
-            checkpoint_dir_name=f"{CHECKPOINT_PREFIX}{epoch:04d}",
-        )
+        ray.train.report(flat, checkpoint=reported, checkpoint_dir_name=checkpoint_name(epoch),
+                         checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
 
 
 class RayWorkerFeed(RayFeed):

@@ -40,8 +40,20 @@ def test_local_and_s3_runs_give_identical_bytes(
                     executor="ray")
     remote = replace(local, out=f"{s3_prefix}/run")
     local_report = map_region(local)
-    remote_report = map_region(remote, storage=s3_storage)
+    lines: list[str] = []
+    remote_report = map_region(remote, storage=s3_storage, log=lines.append)
     assert local_report.ok and remote_report.ok and remote_report.done == local_report.done
+    # The S3 secret reaches no output object, no log line and no file of Ray's session
+    # (the Storage value travelled to every worker).
+    secret = str(s3_storage.s3.secret).encode()
+    assert secret not in "\n".join(lines).encode()
+    assert [k for k, v in _s3_files(remote.out, s3_storage).items() if secret in v] == []
+    import ray
+
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    leaked = [p for p in session.rglob("*") if p.is_file() and not p.is_symlink()
+              and p.stat().st_size < 50 * 2**20 and secret in p.read_bytes()]
+    assert leaked == []
 
     local_files = _local_files(tmp_path / "run")
     remote_files = _s3_files(remote.out, s3_storage)

@@ -14,7 +14,6 @@ import torch
 from train_helpers import scene_store
 
 import depthseg.train.checkpoint as checkpoint
-import depthseg.train.loop as loop
 from depthseg.config import load_config
 from depthseg.errors import DepthSegError, InputError
 from depthseg.io.storage import Storage, join
@@ -174,9 +173,9 @@ def _config(epochs: int):
 def test_resume_from_remote_run_leaves_no_temp_copy(chip_store, s3_prefix, s3_storage,
                                                     private_tmp, monkeypatch):
     copies = []
-    make_copy = loop.local_copy
-    monkeypatch.setattr(loop, "local_copy", lambda fill: copies.append(make_copy(fill))
-                        or copies[-1])
+    make_copy = checkpoint.local_copy
+    monkeypatch.setattr(checkpoint, "local_copy",
+                        lambda fill: copies.append(make_copy(fill)) or copies[-1])
     run_dir = join(s3_prefix, "run")
 
     def run(epochs: int) -> TrainState:
@@ -203,20 +202,19 @@ def test_malicious_remote_checkpoint_stops_fit_and_leaves_nothing(
     assert _temp_copies(private_tmp) == []
 
 
-def test_ray_hooks_copy_is_removed_after_restore(tmp_path, private_tmp, monkeypatch):
-    import ray.train
-
+def test_ray_hooks_restore_the_newest_durable_checkpoint_from_a_removed_copy(
+        private_tmp, s3_prefix, s3_storage):
     from depthseg.train.ray_train import RayHooks
 
-    saved = tmp_path / "checkpoint_epoch_0001"
-    saved.mkdir()
-    (saved / STATE_FILE).write_bytes(b"state")
-    monkeypatch.setattr(ray.train, "get_checkpoint",
-                        lambda: ray.train.Checkpoint.from_directory(str(saved)))
+    run_dir = join(s3_prefix, "run")
+    s3_storage.write_bytes_atomic(join(run_dir, "checkpoint_epoch_0001", STATE_FILE), b"one")
+    s3_storage.write_bytes_atomic(join(run_dir, "checkpoint_epoch_0002", STATE_FILE), b"two")
+    # Epoch 3's writer died before its state.pt landed: the folder holds no state.
+    s3_storage.write_bytes_atomic(join(run_dir, "checkpoint_epoch_0003", "other"), b"")
     hooks = RayHooks.__new__(RayHooks)  # no Ray Train context needed for this method
-    hooks.spec = RunSpec(CONFIG, "unused", str(tmp_path), Storage())
+    hooks.spec = RunSpec(CONFIG, "unused", run_dir, s3_storage)
     with restoring(hooks.latest_checkpoint()) as directory:
         assert Path(directory).parent == private_tmp
-        assert (Path(directory) / STATE_FILE).read_bytes() == b"state"
+        assert (Path(directory) / STATE_FILE).read_bytes() == b"two"
     assert _temp_copies(private_tmp) == []
-    assert (saved / STATE_FILE).read_bytes() == b"state"
+    assert s3_storage.read_bytes(join(run_dir, "checkpoint_epoch_0002", STATE_FILE)) == b"two"

@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 from train_helpers import scene_store
 
 from depthseg.config import load_config
@@ -23,10 +24,23 @@ def test_two_worker_ddp_run_learns_and_survives_a_failure(tmp_path, ray_local):
     config = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=3,
                                                                  batch_size=4))
     runs = tmp_path / "runs"
-    spec = RunSpec(config, chips, str(runs / "ddp"), Storage(), fault_after_epoch=2)
+    # Worker 1 dies before it reports epoch 2, once rank 0 has written epoch 2's checkpoint:
+    # Ray never records that checkpoint (it waits for every worker's report), yet the
+    # restart must continue from it, not from epoch 1 and not from scratch.
+    spec = RunSpec(config, chips, str(runs / "ddp"), Storage(), fault_after_epoch=2,
+                   fault_rank=1)
     scaling = Scaling(num_workers=2, max_failures=1, cpus_per_worker=0.5)
     first = train(spec, "ddp", str(runs), scaling)
     assert first.metrics["step"] == 9
+    restores = [json.loads(line) for line in
+                (runs / "ddp" / "restores.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"]) for r in restores] == [(2, 6)]
+    state = torch.load(runs / "ddp" / "checkpoint_epoch_0003" / "state.pt",
+                       weights_only=True)
+    # The optimiser's own step count continued from the restored state: 3 steps per epoch,
+    # 3 epochs, each step taken once.
+    steps = {int(v["step"]) for v in state["optimizer"]["state"].values()}
+    assert state["step"] == 9 and steps == {9}
     # --resume: a new fit of the same run name and storage continues from its checkpoint.
     longer = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=4))
     result = train(dataclasses.replace(spec, config=longer), "ddp", str(runs), scaling,
@@ -36,6 +50,9 @@ def test_two_worker_ddp_run_learns_and_survives_a_failure(tmp_path, ray_local):
     # 12 train chips, 2 workers x batch 2: 3 steps per epoch on each worker; 3 + 1 epochs.
     assert [m["step"] for m in history] == [3, 6, 9, 12]
     assert result.metrics["step"] == 12 and (runs / "ddp" / "fault_injected_2").exists()
+    restores = [json.loads(line) for line in
+                (runs / "ddp" / "restores.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"]) for r in restores] == [(2, 6), (3, 9)]
     assert history[-1]["loss"] < history[0]["loss"]
     assert "val_mIoU" in history[-1]
     assert load_bundle(str(runs / "ddp" / "best")).contract.tile_size == 70
