@@ -255,6 +255,16 @@ class OutputGrid:
         y_top = _coord(self.phase_y - (self.row_off + window.row_off) * res)
         return Affine(res, 0.0, x_left, 0.0, -res, y_top)
 
+    def pixel_window(self, bounds: Bounds) -> PixelWindow:
+        """The grid pixels that ``bounds`` (grid CRS) touch, clipped to the grid."""
+        minx, miny, maxx, maxy = bounds
+        res, (left, _, _, top) = self.resolution, self.bounds
+        col0 = max(0, math.floor((minx - left) / res + _SNAP_EPS))
+        col1 = min(self.width, math.ceil((maxx - left) / res - _SNAP_EPS))
+        row0 = max(0, math.floor((top - maxy) / res + _SNAP_EPS))
+        row1 = min(self.height, math.ceil((top - miny) / res - _SNAP_EPS))
+        return PixelWindow(row0, col0, max(0, row1 - row0), max(0, col1 - col0))
+
     def window_bounds(self, window: PixelWindow) -> Bounds:
         """(minx, miny, maxx, maxy) of a window."""
         res = self.resolution
@@ -367,6 +377,25 @@ def reproject_geometry(shape: BaseGeometry, src_crs: str, dst_crs: str) -> BaseG
 def _is_bounds(value: Any) -> bool:
     return isinstance(value, (tuple, list)) and len(value) == 4 and all(
         isinstance(v, (int, float, np.number)) for v in value)
+
+
+def bbox_ring(bbox: Sequence[float], bbox_crs: str | CRS, crs: str | CRS,
+              densify: int = 21) -> list[tuple[float, float]]:
+    """The bbox as a closed ring in ``crs``, each edge densified to ``densify`` points.
+
+    A lon/lat bbox is a curved quadrilateral in a projected CRS: its densified edges follow
+    the curves (what ``transform_bounds`` contains, before it takes the bounding box).
+    """
+    minx, miny, maxx, maxy = (float(v) for v in bbox)
+    t = np.linspace(0.0, 1.0, densify)[:-1]
+    xs = np.concatenate([minx + (maxx - minx) * t, np.full_like(t, maxx),
+                         maxx - (maxx - minx) * t, np.full_like(t, minx)])
+    ys = np.concatenate([np.full_like(t, miny), miny + (maxy - miny) * t,
+                         np.full_like(t, maxy), maxy - (maxy - miny) * t])
+    to_target = Transformer.from_crs(parse_crs(bbox_crs, what="bbox crs"), crs, always_xy=True)
+    x, y = to_target.transform(xs, ys)
+    ring = [(float(a), float(b)) for a, b in zip(x, y, strict=True)]
+    return [*ring, ring[0]]
 
 
 def plan_grid(

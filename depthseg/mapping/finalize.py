@@ -8,7 +8,9 @@ Outputs under ``<out>`` made here::
     cog/overview/<layer>.tif   one COG per layer from the overview level (<= 8192 px per side),
                                with its own internal overviews
     cog/<layer>.vrt            one mosaic per layer over the chunk COG tiles (relative paths),
-                               with the overview COG as its overview
+                               with the overview COG as its overview; the bbox's extent;
+                               class names, RAT, units and scale (:mod:`.styles`)
+    cog/<layer>.qml            the layer's QGIS style (applied when QGIS opens the VRT)
     stac/collection.json       the STAC Collection (item links for small runs)
     stac/items.parquet         a GeoParquet index of every Item (id, geometry, bbox, times,
                                hrefs): one file tools page through at province scale
@@ -36,10 +38,10 @@ import rasterio
 from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import Resampling
 
-from depthseg.geo import ChunkId
+from depthseg.geo import ChunkId, OutputGrid, PixelWindow
 from depthseg.io.bundle import Contract
 from depthseg.io.storage import Storage, join, temp_dir
-from depthseg.mapping import products
+from depthseg.mapping import products, styles
 from depthseg.mapping.products import COG_DTYPE, NODATA, RESAMPLING
 
 if TYPE_CHECKING:
@@ -65,9 +67,17 @@ def _write_overviews(out: str, storage: Storage, plan: Plan, mosaic: Mosaic, fac
     Returns the run's mapped pixels (the sum of the level's valid counts).
     """
     grid = plan.grid
-    shape = products.block_shape(grid, factor)
     strip = grid.chunk_size // factor
-    transform = grid.transform * rasterio.Affine.scale(factor)
+    # The level's blocks under the bbox's pixels: the COG's extent is the bbox's, not the
+    # chunk grid's.
+    rows, cols = products.block_shape(grid, factor)
+    window = plan.bbox_window()
+    row0, col0 = window.row_off // factor, window.col_off // factor
+    row1 = min(rows, -(-(window.row_off + window.height) // factor))
+    col1 = min(cols, -(-(window.col_off + window.width) // factor))
+    shape = (row1 - row0, col1 - col0)
+    transform = (grid.transform * rasterio.Affine.scale(factor)
+                 * rasterio.Affine.translation(col0, row0))
     valid = 0
     sources: dict[str, Any] = {}
     for layer in RESAMPLING:
@@ -81,11 +91,12 @@ def _write_overviews(out: str, storage: Storage, plan: Plan, mosaic: Mosaic, fac
         if colormap is not None:
             dst.write_colormap(1, colormap)
     try:
-        tops = list(range(0, shape[0], strip))
-        spans = [(top, min(top + strip, shape[0])) for top in tops]
+        # Strips follow the level's chunk rows (whole Zarr chunks), cut to the bbox's rows.
+        cuts = sorted({row0, row1, *range((row0 // strip + 1) * strip, row1, strip)})
+        spans = list(zip(cuts[:-1], cuts[1:], strict=True))
         for (top, stop), (count, layers) in zip(spans, map_strips(
-                out, storage, factor, spans), strict=True):
-            window = rasterio.windows.Window(0, top, shape[1], stop - top)
+                out, storage, factor, spans, (col0, col1)), strict=True):
+            window = rasterio.windows.Window(0, top - row0, shape[1], stop - top)
             valid += count
             for layer, dst in sources.items():
                 dst.write(layers[layer].astype(COG_DTYPE[layer]), 1, window=window)
@@ -102,17 +113,22 @@ def _write_overviews(out: str, storage: Storage, plan: Plan, mosaic: Mosaic, fac
 
 
 def read_level_strip(out: str, storage: Storage, factor: int, top: int, stop: int,
-                     ) -> tuple[int, dict[str, np.ndarray]]:
-    """Rows ``top:stop`` of the overview level: (valid pixels under them, the layers)."""
+                     cols: tuple[int, int] | None = None) -> tuple[int, dict[str, np.ndarray]]:
+    """Rows ``top:stop`` (columns ``cols``, default all) of the overview level.
+
+    Returns (valid pixels under them, the layers).
+    """
     from depthseg.mapping.write import Mosaic
 
     level = Mosaic(out, storage).level(factor)
-    count = int(np.asarray(level["valid_count"][top:stop, :]).sum(dtype=np.int64))
-    return count, {layer: np.asarray(level[layer][top:stop, :]) for layer in RESAMPLING}
+    span = slice(*cols) if cols is not None else slice(None)
+    count = int(np.asarray(level["valid_count"][top:stop, span]).sum(dtype=np.int64))
+    return count, {layer: np.asarray(level[layer][top:stop, span]) for layer in RESAMPLING}
 
 
 def map_strips(out: str, storage: Storage, factor: int, spans: list[tuple[int, int]],
-               in_flight: int = 8) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+               cols: tuple[int, int] | None = None, in_flight: int = 8,
+               ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """The level's strips, in order, read in parallel.
 
     With Ray running they are Ray tasks (the driver then reads no Zarr chunk itself), else a
@@ -129,8 +145,8 @@ def map_strips(out: str, storage: Storage, factor: int, spans: list[tuple[int, i
 
         def submit(span: tuple[int, int]) -> Any:
             if remote is not None:
-                return remote.remote(out, storage, factor, *span)
-            return pool.submit(read_level_strip, out, storage, factor, *span)
+                return remote.remote(out, storage, factor, *span, cols)
+            return pool.submit(read_level_strip, out, storage, factor, *span, cols)
 
         pending = [submit(span) for span in spans[:in_flight]]
         for k in range(len(spans)):
@@ -141,18 +157,21 @@ def map_strips(out: str, storage: Storage, factor: int, spans: list[tuple[int, i
             yield value
 
 
-def _vrt(layer: str, plan: Plan, chunks: list[ChunkId], contract: Contract,
-         factor: int) -> bytes:
-    grid = plan.grid
+def _vrt(layer: str, grid: OutputGrid, extent: PixelWindow, chunks: list[ChunkId],
+         contract: Contract, factor: int) -> bytes:
+    """The layer's VRT over ``extent`` of the grid.
+
+    ``extent`` is the bbox's pixels: chunk tiles reach past it, with no data there.
+    """
     dtype = {"uint8": "Byte", "float32": "Float32"}[COG_DTYPE[layer]]
-    a = grid.transform
-    lines = [f'<VRTDataset rasterXSize="{grid.width}" rasterYSize="{grid.height}">',
+    a = grid.window_transform(extent)
+    lines = [f'<VRTDataset rasterXSize="{extent.width}" rasterYSize="{extent.height}">',
              f"  <SRS>{rasterio.crs.CRS.from_string(grid.crs).to_wkt()}</SRS>",
              f"  <GeoTransform>{a.c!r}, {a.a!r}, {a.b!r}, {a.f!r}, {a.d!r}, {a.e!r}"
              "</GeoTransform>",
              f'  <VRTRasterBand dataType="{dtype}" band="1">',
              f"    <NoDataValue>{'nan' if layer == 'depth' else int(NODATA[layer])}"
-             "</NoDataValue>"]
+             "</NoDataValue>", *styles.vrt_band_lines(layer, contract)]
     if layer == "landcover":
         lines.append("    <ColorInterp>Palette</ColorInterp>\n    <ColorTable>")
         colours = dict(enumerate(contract.palette))
@@ -169,12 +188,14 @@ def _vrt(layer: str, plan: Plan, chunks: list[ChunkId], contract: Contract,
     size = grid.chunk_size
     row0, col0 = grid.row_off // size, grid.col_off // size
     for chunk in chunks:
+        x_off = (chunk.col - col0) * size - extent.col_off
+        y_off = (chunk.row - row0) * size - extent.row_off
         lines.append(
             f'    <SimpleSource><SourceFilename relativeToVRT="1">{layer}/{chunk.key}.tif'
             '</SourceFilename><SourceBand>1</SourceBand>'
             f'<SrcRect xOff="0" yOff="0" xSize="{size}" ySize="{size}"/>'
-            f'<DstRect xOff="{(chunk.col - col0) * size}" yOff="{(chunk.row - row0) * size}" '
-            f'xSize="{size}" ySize="{size}"/></SimpleSource>')
+            f'<DstRect xOff="{x_off}" yOff="{y_off}" xSize="{size}" ySize="{size}"/>'
+            '</SimpleSource>')
     lines += ["  </VRTRasterBand>", "</VRTDataset>", ""]
     return "\n".join(lines).encode()
 
@@ -241,7 +262,8 @@ def _collection(out: str, storage: Storage, plan: Plan, chunks: list[ChunkId],
     collection = pystac.Collection(
         id=products.COLLECTION_ID, title="DepthSeg land cover",
         description="DepthSeg land cover, confidence and depth",
-        extent=pystac.Extent(pystac.SpatialExtent([products.lonlat_bounds(grid, grid.bounds)]),
+        extent=pystac.Extent(pystac.SpatialExtent([products.lonlat_bounds(
+            grid, grid.window_bounds(plan.bbox_window()))]),
                              pystac.TemporalExtent([[start, end]])),
         license="other",
         stac_extensions=([products.PROJECTION, products.CLASSIFICATION] if code
@@ -325,7 +347,11 @@ def finalize(out: str, storage: Storage, plan: Plan, mosaic: Mosaic, chunks: lis
         start = time.perf_counter()
         for layer in RESAMPLING:
             storage.write_bytes_atomic(join(out, "cog", f"{layer}.vrt"),
-                                       _vrt(layer, plan, chunks, contract, factor))
+                                       _vrt(layer, plan.grid, plan.bbox_window(), chunks,
+                                            contract, factor))
+            # QGIS applies <name>.qml beside <name>.vrt when it opens the VRT.
+            storage.write_bytes_atomic(join(out, "cog", f"{layer}.qml"),
+                                       styles.qml(layer, contract))
         timing["vrt"] = time.perf_counter() - start
         start = time.perf_counter()
         storage.write_bytes_atomic(join(out, "stac", "items.parquet"),

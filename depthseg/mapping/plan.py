@@ -12,13 +12,17 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+import shapely
 from pyproj import CRS as ProjCRS
 
 from depthseg.errors import InputError
 from depthseg.geo import (
     ChunkId,
     OutputGrid,
+    PixelWindow,
     TileSpec,
+    bbox_ring,
     chunk_read_window,
     lattice_chunk_size,
     lattice_halo,
@@ -156,6 +160,15 @@ class Plan:
     resampling: str = "nearest"
     scale: tuple[float, float] | None = None
     notes: list[str] = field(default_factory=list)
+
+    def clip_ring(self) -> list[tuple[float, float]]:
+        """The bbox in the output CRS, edges densified: pixels outside it are no data."""
+        return bbox_ring(self.bbox["bbox"], self.bbox["crs"], self.grid.crs)
+
+    def bbox_window(self) -> PixelWindow:
+        """The grid pixels the bbox touches (the extent of the VRTs and overview COGs)."""
+        xs, ys = zip(*self.clip_ring(), strict=True)
+        return self.grid.pixel_window((min(xs), min(ys), max(xs), max(ys)))
 
     def read_bounds(self, chunk: ChunkId) -> tuple[float, float, float, float]:
         """Bounds (output CRS) of the chunk's read window: chunk + halo, as it is read."""
@@ -423,7 +436,12 @@ def make_plan(request: MapRequest, catalog: Catalog, contract: Contract) -> Plan
     resolution = output_resolution(request, catalog, crs, contract, notes)
     phase = grid_phase(catalog, crs, resolution, notes)
     grid = plan_grid(request.bbox, request.bbox_crs, crs, resolution, size, phase)
-    chunks = grid.chunks_intersecting(catalog.footprints(grid.crs))
+    # Chunks with imagery inside the bbox: the grid is whole chunks around the bbox, and the
+    # bbox (a curved quadrilateral in the output CRS) need not reach every one of them.
+    inside = shapely.intersection(
+        np.asarray(catalog.footprints(grid.crs), dtype=object),
+        shapely.Polygon(bbox_ring(request.bbox, request.bbox_crs, grid.crs)))
+    chunks = grid.chunks_intersecting([g for g in inside if not g.is_empty])
     if not chunks:
         bounds = _union_bounds(catalog, grid.crs)
         raise InputError(

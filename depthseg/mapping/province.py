@@ -350,7 +350,7 @@ def bench_index(options: ProvinceOptions, chunks: int = 100_000) -> dict[str, An
     """The VRT and the STAC Item index of ``chunks`` chunks: build, write, open."""
     from types import SimpleNamespace
 
-    from depthseg.geo import plan_grid
+    from depthseg.geo import PixelWindow, plan_grid
     from depthseg.mapping.finalize import _item_index, _vrt
 
     side = math.ceil(math.sqrt(chunks))
@@ -360,7 +360,8 @@ def bench_index(options: ProvinceOptions, chunks: int = 100_000) -> dict[str, An
     plan = SimpleNamespace(grid=grid)
     keys = grid.chunks()[:chunks]
     start = time.perf_counter()
-    text = _vrt("landcover", plan, keys, _contract(), 64)  # type: ignore[arg-type]
+    text = _vrt("landcover", grid, PixelWindow(0, 0, grid.height, grid.width), keys,
+                _contract(), 64)
     vrt_build = time.perf_counter() - start
     path = options.work_dir / "cog" / "landcover.vrt"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -57,6 +57,8 @@ class ChunkContext:
         created: When the run started (the STAC Items' ``created``).
         run_id: The run's lease id (:mod:`depthseg.io.lease`): a chunk is marked done only
             while this run still holds the output's lease; "" writes without checking.
+        clip: The bbox ring in the output CRS (:meth:`Plan.clip_ring`): pixels outside it
+            are no data in every product; None maps whole chunks.
     """
 
     grid: OutputGrid
@@ -73,6 +75,7 @@ class ChunkContext:
     factor: int = 2
     created: str = ""
     run_id: str = ""
+    clip: tuple[tuple[float, float], ...] | None = None
 
     @property
     def pixel_dtype(self) -> str:
@@ -114,7 +117,29 @@ def read_chunk(ctx: ChunkContext, chunk: ChunkId, scenes: list[Scene],
         low, high = ctx.value_range
         pixels = np.clip(np.rint(scaled), low, high).astype(ctx.pixel_dtype)
         pixels[:, ~valid] = 0
+    if ctx.clip is not None:
+        # Outside the bbox the pixels stay as context for the tiles, but nothing is mapped
+        # there (and tiles that would only map there are not computed).
+        valid &= inside_ring(ctx.clip, ctx.grid.window_transform(window), window.height,
+                             window.width)
     return pixels, valid
+
+
+def inside_ring(ring: tuple[tuple[float, float], ...], transform: Any, height: int,
+                width: int) -> np.ndarray:
+    """(height, width) bool: pixels whose centre lies inside ``ring`` (grid CRS)."""
+    import shapely
+    from rasterio.features import geometry_mask
+
+    polygon = shapely.Polygon(ring)
+    left, top = transform.c, transform.f
+    box = shapely.box(left, top + transform.e * height, left + transform.a * width, top)
+    if polygon.contains(box):
+        return np.ones((height, width), dtype=bool)
+    if not polygon.intersects(box):
+        return np.zeros((height, width), dtype=bool)
+    return geometry_mask([polygon], out_shape=(height, width), transform=transform,
+                         invert=True)
 
 
 def write_products(ctx: ChunkContext, mosaic: Mosaic, chunk: ChunkId,

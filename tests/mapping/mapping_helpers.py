@@ -100,3 +100,48 @@ def load_job(name: str) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def gdal_band_categories(path: Path | str) -> tuple[list[str], list[list[str]]]:
+    """What GDAL itself reports for band 1: category names and the default RAT's rows.
+
+    Calls rasterio's own libgdal through its C API (rasterio exposes neither), the same
+    calls QGIS and ``gdalinfo`` make.
+    """
+    import ctypes
+    import glob
+
+    import rasterio
+
+    libs = glob.glob(str(Path(rasterio.__file__).parent.parent / "rasterio.libs" / "libgdal*"))
+    lib = ctypes.CDLL(libs[0]) if libs else ctypes.CDLL("libgdal.so")
+    lib.GDALAllRegister()
+    lib.GDALOpen.restype = ctypes.c_void_p
+    lib.GDALOpen.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    lib.GDALGetRasterBand.restype = ctypes.c_void_p
+    lib.GDALGetRasterBand.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.GDALGetRasterCategoryNames.restype = ctypes.POINTER(ctypes.c_char_p)
+    lib.GDALGetRasterCategoryNames.argtypes = [ctypes.c_void_p]
+    lib.GDALGetDefaultRAT.restype = ctypes.c_void_p
+    lib.GDALGetDefaultRAT.argtypes = [ctypes.c_void_p]
+    lib.GDALRATGetRowCount.argtypes = [ctypes.c_void_p]
+    lib.GDALRATGetColumnCount.argtypes = [ctypes.c_void_p]
+    lib.GDALRATGetValueAsString.restype = ctypes.c_char_p
+    lib.GDALRATGetValueAsString.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.GDALClose.argtypes = [ctypes.c_void_p]
+    dataset = lib.GDALOpen(str(path).encode(), 0)
+    assert dataset, f"GDAL cannot open {path}"
+    try:
+        band = lib.GDALGetRasterBand(dataset, 1)
+        names_p = lib.GDALGetRasterCategoryNames(band)
+        names: list[str] = []
+        while names_p and names_p[len(names)] is not None:
+            names.append(names_p[len(names)].decode())
+        rat = lib.GDALGetDefaultRAT(band)
+        rows = [] if not rat else [
+            [lib.GDALRATGetValueAsString(rat, r, c).decode()
+             for c in range(lib.GDALRATGetColumnCount(rat))]
+            for r in range(lib.GDALRATGetRowCount(rat))]
+        return names, rows
+    finally:
+        lib.GDALClose(dataset)

@@ -86,17 +86,23 @@ def test_imagery_nodata_stays_nodata_in_every_layer(mapped: tuple[Path, Any],
 
 
 def test_cogs_validate_and_vrt_equals_the_mosaic(mapped: tuple[Path, Any]) -> None:
-    out, _ = mapped
+    out, report = mapped
     cogs = sorted(p for p in (out / "cog").glob("*/*.tif") if p.parent.name != "overview")
     assert len(cogs) == 3 * len(list((out / "done").iterdir()))
     for path in cogs:
         valid, errors, _warnings = cog_validate(str(path), quiet=True)
         assert valid, (path, errors)
     dataset = xr.open_zarr(out / "mosaic.zarr", consolidated=False)
+    # The VRT covers the bbox's pixels (here the region's), a window of the chunk grid.
+    window = report.plan.bbox_window()
+    rows = slice(window.row_off, window.row_off + window.height)
+    cols = slice(window.col_off, window.col_off + window.width)
+    assert (window.height, window.width) == (1024, 1024)
     with rasterio.open(out / "cog" / "landcover.vrt") as vrt:
         assert vrt.crs.to_string() == "EPSG:32649"
-        assert vrt.transform.almost_equals(dataset.rio.transform())
-        np.testing.assert_array_equal(vrt.read(1), dataset.landcover.values)
+        assert vrt.transform.almost_equals(report.plan.grid.window_transform(window))
+        np.testing.assert_array_equal(vrt.read(1), dataset.landcover.values[rows, cols])
+        assert (dataset.landcover.values[rows, cols] != 255).all()
         assert vrt.colormap(1)[1][:3] == (30, 130, 40)
     with rasterio.open(cogs[0].parent.parent / "landcover" / cogs[0].name) as cog:
         assert json.loads(cog.tags()["class_names"])[2] == "building"
@@ -138,7 +144,9 @@ def test_stac_quicklook_and_plan(mapped: tuple[Path, Any], synthetic_region: Any
     with Image.open(out / "quicklook.png") as image:
         assert image.mode == "RGBA" and image.width >= 160
         alpha = np.asarray(image)[..., 3]
-        assert (alpha == 0).any() and (alpha == 255).any()  # no-data is transparent
+        # The bbox is the region, all imagery: the map part is opaque, none of the chunk
+        # grid's no-data margin is drawn (the clipped test sees transparent no-data).
+        assert (alpha[:512] == 255).all()
 
 
 def test_overview_level_equals_a_downsampling_of_the_full_mosaic(mapped: tuple[Path, Any]
@@ -159,12 +167,18 @@ def test_overview_level_equals_a_downsampling_of_the_full_mosaic(mapped: tuple[P
     # The run's area is summed from the level's valid counts: exact, no mosaic re-read.
     assert int(level.valid_count.values.sum()) == int((root.landcover.values != 255).sum())
     assert report.valid_pixels == int((root.landcover.values != 255).sum())
-    # One overview COG per layer, equal to the level, referenced by the VRT as its overview.
+    # One overview COG per layer, equal to the level under the bbox, referenced by the VRT
+    # as its overview.
+    window = report.plan.bbox_window()
+    rows = slice(window.row_off // factor, -(-(window.row_off + window.height) // factor))
+    cols = slice(window.col_off // factor, -(-(window.col_off + window.width) // factor))
     for layer in ("landcover", "confidence", "depth"):
         with rasterio.open(out / "cog" / "overview" / f"{layer}.tif") as cog:
             data = cog.read(1)
-            expected = level[layer].values.astype(data.dtype)
+            expected = level[layer].values[rows, cols].astype(data.dtype)
             np.testing.assert_array_equal(data, expected)
+            assert cog.transform.almost_equals(
+                report.plan.grid.window_transform(window) * rasterio.Affine.scale(factor))
             assert max(cog.shape) <= 8192
         with rasterio.open(out / "cog" / f"{layer}.vrt") as vrt:
             assert vrt.overviews(1)[0] == factor
@@ -235,3 +249,31 @@ def test_separate_write_stage_writes_the_same_mosaic(mapped: tuple[Path, Any],
         p.relative_to(tmp_path / "run") for p in (tmp_path / "run" / "mosaic.zarr").rglob("c/*/*"))
     for chunk in chunks:
         assert (out / chunk).read_bytes() == (tmp_path / "run" / chunk).read_bytes(), chunk
+
+
+def test_gis_tools_see_class_names_units_and_styles(mapped: tuple[Path, Any]) -> None:
+    import xml.etree.ElementTree as ET
+
+    from mapping_helpers import CLASS_NAMES, PALETTE, gdal_band_categories
+
+    out, _ = mapped
+    names, rows = gdal_band_categories(out / "cog" / "landcover.vrt")
+    assert names == list(CLASS_NAMES)
+    assert rows[2] == ["2", "building", *map(str, PALETTE[2])]
+    with rasterio.open(out / "cog" / "confidence.vrt") as vrt:
+        assert vrt.scales == (1 / 255,) and vrt.units == ("1",)
+        assert "probability" in vrt.descriptions[0]
+    with rasterio.open(out / "cog" / "depth.vrt") as vrt:
+        assert vrt.units == ("1",) and "relative depth in [0, 1]" in vrt.descriptions[0]
+    for layer in ("landcover", "confidence", "depth"):
+        style = ET.parse(out / "cog" / f"{layer}.qml").getroot()
+        renderer = style.find("pipe/rasterrenderer")
+        assert style.tag == "qgis" and renderer is not None
+        if layer == "landcover":
+            entries = renderer.findall("colorPalette/paletteEntry")
+            assert [e.get("label") for e in entries] == list(CLASS_NAMES)
+            assert entries[1].get("color") == "#1e8228"  # forest (30, 130, 40)
+        else:
+            assert renderer.get("type") == "singlebandpseudocolor"
+            ramp = renderer.find("rastershader/colorrampshader")
+            assert ramp is not None and len(ramp.findall("item")) >= 3
