@@ -82,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where chunks are written: separate Ray Data tasks (default with "
                              "GPUs) or the predict actor (default on CPU)")
     parser.add_argument("--resume", action="store_true", help="continue a run in --out")
+    parser.add_argument("--zarr-format", type=int, choices=(2, 3), default=3,
+                        help="Zarr format of mosaic.zarr: 3 (default; zarr-python 3, xarray) "
+                             "or 2 (also opened by GDAL and QGIS)")
     parser.add_argument("--lease-timeout", type=float, default=300.0,
                         help="seconds without a heartbeat after which another run's lease on "
                              "--out counts as stale and is taken over (a run holds the lease "
@@ -132,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             compile=args.compile, write_stage=args.write_stage,
             executor="local" if args.local else "ray",
             bands=tuple(args.bands) if args.bands else None, scale=args.scale,
-            offset=args.offset, lease_timeout_s=args.lease_timeout)
+            offset=args.offset, lease_timeout_s=args.lease_timeout,
+            zarr_format=args.zarr_format)
         report = map_region(request, storage, start_ray=start_ray,
                             command_start=COMMAND_START)
     except (RunError, LeaseLostError) as err:  # it had started: work is kept, run.json says why

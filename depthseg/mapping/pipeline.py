@@ -110,7 +110,7 @@ def _start_output(request: MapRequest, plan: Plan, storage: Storage, mosaic: Mos
     # The mosaic skeleton first, the plan last: a plan implies a usable mosaic.
     if inputs is not None:
         attrs = {**attrs, "depthseg_inputs": inputs}
-    mosaic.create(plan.grid, attrs, products.overview_factor(plan.grid))
+    mosaic.create(plan.grid, attrs, products.overview_factor(plan.grid), plan.zarr_format)
     if inputs is not None:
         storage.write_bytes_atomic(inputs_uri, json.dumps(inputs, indent=2).encode())
     storage.write_bytes_atomic(plan_uri, plan.to_json())

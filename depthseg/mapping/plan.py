@@ -83,6 +83,8 @@ class MapRequest:
         scale: Multiply pixels by this before the model (e.g. float reflectance -> the
             bundle's integers); None: pixels go in as they are.
         offset: Add this after ``scale``.
+        zarr_format: 3 (default) or 2: the mosaic's Zarr format. Version 2 is what GDAL's
+            Zarr driver (and so QGIS) opens too; xarray reads both.
         lease_timeout_s: Seconds without a heartbeat after which another run's lease on
             ``out`` is stale and may be taken over (see :mod:`depthseg.io.lease`); a lease
             whose process is gone (same host) is stale at once.
@@ -111,8 +113,12 @@ class MapRequest:
     scale: float | None = None
     offset: float = 0.0
     lease_timeout_s: float = 300.0
+    zarr_format: int = 3
 
     def __post_init__(self) -> None:
+        if self.zarr_format not in (2, 3):
+            raise InputError(f"--zarr-format {self.zarr_format!r} is not known; give 3 (default) "
+                             "or 2 (also opened by GDAL/QGIS)")
         if not (math.isfinite(self.lease_timeout_s) and self.lease_timeout_s > 0):
             raise InputError(f"lease timeout {self.lease_timeout_s!r} s is not a positive number "
                              "of seconds; give e.g. --lease-timeout 300")
@@ -149,6 +155,7 @@ class Plan:
         resampling: How scenes are warped onto the grid.
         scale: ``(scale, offset)`` applied to pixels before the model, or None.
         notes: What the planner decided for the user (band matching, resolution, phase).
+        zarr_format: The mosaic's Zarr format (2 or 3).
     """
 
     grid: OutputGrid
@@ -160,6 +167,7 @@ class Plan:
     resampling: str = "nearest"
     scale: tuple[float, float] | None = None
     notes: list[str] = field(default_factory=list)
+    zarr_format: int = 3
 
     def clip_ring(self) -> list[tuple[float, float]]:
         """The bbox in the output CRS, edges densified: pixels outside it are no data."""
@@ -188,6 +196,8 @@ class Plan:
                 "resampling": self.resampling}
         if self.scale is not None:
             data["scale"] = list(self.scale)
+        if self.zarr_format != 3:  # plans of the default format hash as before
+            data["zarr_format"] = self.zarr_format
         return data
 
     def to_json(self) -> bytes:
@@ -450,7 +460,8 @@ def make_plan(request: MapRequest, catalog: Catalog, contract: Contract) -> Plan
             "overlaps the imagery")
     return Plan(grid=grid, chunks=chunks, skipped=len(grid.chunks()) - len(chunks), tiles=tiles,
                 bands=bands, bbox={"bbox": list(request.bbox), "crs": request.bbox_crs},
-                resampling=resampling, scale=scale, notes=notes)
+                resampling=resampling, scale=scale, notes=notes,
+                zarr_format=request.zarr_format)
 
 
 def _union_bounds(catalog: Catalog, crs: str) -> tuple[float, ...]:

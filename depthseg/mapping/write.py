@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -51,30 +51,51 @@ def _cf_grid_mapping(crs_text: str, a: Affine) -> dict[str, Any]:
     return attrs
 
 
+def _dims(zarr_format: int, names: list[str]) -> dict[str, Any]:
+    """Dimension names as each Zarr format holds them (v2: xarray's ``_ARRAY_DIMENSIONS``)."""
+    if zarr_format == 2:
+        return {"attributes": {"_ARRAY_DIMENSIONS": names}}
+    return {"dimension_names": names, "attributes": {}}
+
+
+def _array(group: Any, name: str, zarr_format: int, dims: list[str],
+           attributes: dict[str, Any], **kwargs: Any) -> Any:
+    spec = _dims(zarr_format, dims)
+    if zarr_format == 2:
+        # GDAL (>= 3.4) reads Zarr v2 with zstd; its 3.10 Zarr v3 reader lacks the "bytes"
+        # codec zarr-python writes, hence the v2 option.
+        from numcodecs import Zstd
+
+        kwargs["compressors"] = [Zstd(level=3)]
+    return group.create_array(name, attributes={**spec.pop("attributes"), **attributes},
+                              **spec, **kwargs)
+
+
 def _layers(group: Any, shape: tuple[int, int], chunk: int, res: float, transform: Affine,
-            grid: OutputGrid, valid_count: bool = False) -> None:
+            grid: OutputGrid, valid_count: bool = False, zarr_format: int = 3) -> None:
     """The layer arrays, ``spatial_ref`` and 1-D coordinates of one resolution level."""
     specs = dict(LAYERS)
     if valid_count:
         specs["valid_count"] = {"dtype": "uint32", "fill_value": 0}
+    # GDAL's Zarr driver reads the CRS from ``_CRS``, the transform from x/y.
+    gdal_crs = {"_CRS": {"wkt": ProjCRS.from_user_input(grid.crs).to_wkt()}}
     for name, spec in specs.items():
-        group.create_array(
-            name, shape=shape, chunks=(chunk, chunk), dtype=spec["dtype"],
-            fill_value=spec["fill_value"], dimension_names=["y", "x"],
-            attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref",
-                        "nodata": None if name in ("depth", "valid_count")
-                        else spec["fill_value"]})
-    spatial_ref = group.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0,
-                                     dimension_names=[],
-                                     attributes=_cf_grid_mapping(grid.crs, transform))
+        _array(group, name, zarr_format, ["y", "x"],
+               {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref",
+                "nodata": None if name in ("depth", "valid_count") else spec["fill_value"],
+                **gdal_crs},
+               shape=shape, chunks=(chunk, chunk), dtype=spec["dtype"],
+               fill_value=spec["fill_value"])
+    spatial_ref = _array(group, "spatial_ref", zarr_format, [],
+                         _cf_grid_mapping(grid.crs, transform), shape=(), dtype="int64",
+                         fill_value=0)
     spatial_ref[()] = 0
     # 1-D coordinate vectors are grid-width long, not region-sized 2-D arrays.
     for axis, size, start, step in (("x", shape[1], transform.c, res),
                                     ("y", shape[0], transform.f, -res)):
-        attributes: dict[str, Any] = {"units": "metre",
-                                      "standard_name": f"projection_{axis}_coordinate"}
-        coord = group.create_array(axis, shape=(size,), chunks=(size,), dtype="float64",
-                                   fill_value=0.0, dimension_names=[axis], attributes=attributes)
+        coord = _array(group, axis, zarr_format, [axis],
+                       {"units": "metre", "standard_name": f"projection_{axis}_coordinate"},
+                       shape=(size,), chunks=(size,), dtype="float64", fill_value=0.0)
         coord[:] = start + step * (np.arange(size) + 0.5)
 
 
@@ -88,22 +109,26 @@ class Mosaic:
         self.storage = storage
         self._group: Any = None
 
-    def create(self, grid: OutputGrid, attrs: dict[str, Any], factor: int) -> None:
+    def create(self, grid: OutputGrid, attrs: dict[str, Any], factor: int,
+               zarr_format: int = 3) -> None:
         """Write the empty arrays, coordinates and the overview level ``factor``.
 
-        Metadata only; chunks stay absent.
+        Metadata only; chunks stay absent. ``zarr_format`` 2 writes what GDAL's Zarr driver
+        reads too (zstd, ``_ARRAY_DIMENSIONS``); 3 (default) what zarr-python 3 and xarray
+        read.
         """
         level = f"levels/{factor}"
         attrs = {**attrs, "multiscales": [{"name": "mosaic", "datasets": [
             {"path": ".", "factor": 1}, {"path": level, "factor": factor}]}]}
         group = zarr.open_group(open_zarr_store(self.uri, self.storage), mode="w",
-                                zarr_format=3, attributes=attrs)
-        _layers(group, grid.shape, grid.chunk_size, grid.resolution, grid.transform, grid)
+                                zarr_format=cast(Any, zarr_format), attributes=attrs)
+        _layers(group, grid.shape, grid.chunk_size, grid.resolution, grid.transform, grid,
+                zarr_format=zarr_format)
         sub = group.create_group(level, attributes={"factor": factor})
         res = grid.resolution * factor
         transform = grid.transform * Affine.scale(factor)
         _layers(sub, (grid.height // factor, grid.width // factor), grid.chunk_size // factor,
-                res, transform, grid, valid_count=True)
+                res, transform, grid, valid_count=True, zarr_format=zarr_format)
         self._group = group
         self.factor = factor
 
@@ -175,8 +200,9 @@ class Mosaic:
             # Zarr 3 notes that consolidated metadata is not in the v3 spec yet; zarr-python
             # and xarray read it, and other readers fall back to the per-array metadata.
             warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+            zarr_format = self.group.metadata.zarr_format
             with_retries(lambda: zarr.consolidate_metadata(
-                open_zarr_store(self.uri, self.storage), zarr_format=3))
+                open_zarr_store(self.uri, self.storage), zarr_format=zarr_format))
 
     def done_uri(self, chunk: ChunkId) -> str:
         """Where the chunk's done marker lives."""

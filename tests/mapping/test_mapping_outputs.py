@@ -277,3 +277,21 @@ def test_gis_tools_see_class_names_units_and_styles(mapped: tuple[Path, Any]) ->
             assert renderer.get("type") == "singlebandpseudocolor"
             ramp = renderer.find("rastershader/colorrampshader")
             assert ramp is not None and len(ramp.findall("item")) >= 3
+
+
+def test_zarr_format_2_mosaic_opens_in_gdal_and_xarray(synthetic_region: Any,
+                                                        bundle_uint16: str,
+                                                        tmp_path: Path) -> None:
+    out = tmp_path / "v2"
+    report = map_region(region_request(synthetic_region, out, bundle_uint16, zarr_format=2),
+                        log=lambda _: None)
+    assert report.ok and (out / "mosaic.zarr" / ".zgroup").exists()
+    mosaic = xr.open_zarr(out / "mosaic.zarr")
+    assert mosaic.rio.crs.to_epsg() == 32649
+    for layer in ("landcover", "confidence", "depth"):
+        # GDAL's own Zarr driver: georeferenced, no data declared, the same pixels.
+        with rasterio.open(f'ZARR:"{out / "mosaic.zarr"}":/{layer}') as src:
+            assert src.crs.to_epsg() == 32649
+            assert src.transform.almost_equals(mosaic.rio.transform())
+            np.testing.assert_array_equal(src.read(1), mosaic[layer].values)
+    assert json.loads((out / "plan.json").read_text())["zarr_format"] == 2
