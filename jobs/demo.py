@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     minx, miny, maxx, maxy = rasterio_bounds(rgb.labels)
     _run(["jobs/map_region.py", "--bbox", *map(str, (minx, miny, maxx, maxy)),
           "--bbox-crs", rgb.crs, "--crs", rgb.crs, "--imagery", str(rgb.scenes[0].parent),
-          "--model", str(bundle), "--out", str(out / "map"), "--chunk", "1024",
+          "--model", str(bundle), "--out", str(out / "map"), "--chunk", "896",
           "--tile", "252", "--overlap", "28"])
 
     real = REPO_ROOT.parent / "shared" / "data" / "real" / "worldview3_lasvegas_rgb_0.27m.tif"
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         minx, miny, maxx, maxy = info.bounds
         _run(["jobs/map_region.py", "--bbox", *map(str, (minx, miny, maxx, maxy)),
               "--bbox-crs", info.crs, "--imagery", str(real), "--model", str(bundle),
-              "--out", str(out / "map-real"), "--chunk", "512", "--tile", "252",
+              "--out", str(out / "map-real"), "--chunk", "896", "--tile", "252",
               "--overlap", "28"])
     else:
         print(f"    skipped: {real} not found (the real samples live in ../shared/data/real/)")

@@ -95,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ray-address", default=None,
                         help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's own INFO messages (hidden by default)")
     return parser.parse_args(argv)
 
 
@@ -107,14 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(gdal_env)
     from depthseg.io.storage import Storage
     from depthseg.mapping import MapRequest, map_region
+    from depthseg.progress import quiet_ray
 
     def start_ray() -> int | None:
         """Start or join Ray once the inputs are checked; the GPUs to use if not given."""
         import ray
 
+        quiet = quiet_ray(args.verbose)
         ray.init(address=args.ray_address, num_cpus=args.num_cpus,
-                 runtime_env={"env_vars": gdal_env}, log_to_driver=False,
-                 include_dashboard=False)
+                 runtime_env={"env_vars": {**gdal_env, **quiet.pop("runtime_env")["env_vars"]}},
+                 log_to_driver=False, include_dashboard=False, **quiet)
         if args.gpus is not None:
             return None
         gpus = int(ray.cluster_resources().get("GPU", 0))

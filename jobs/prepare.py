@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher-actors", type=int, default=1)
     p.add_argument("--gpu", action="store_true", help="one GPU per teacher actor")
     p.add_argument("--threads", type=int, default=4, help="reader threads (no teacher)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's own INFO messages (hidden by default)")
     p.add_argument("--ray-address", default=None, help="Ray cluster for the teacher (default: "
                    "RAY_ADDRESS or a local Ray)")
     return p.parse_args(argv)
@@ -90,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         """Start or join Ray for the teacher, once the inputs are checked."""
         import ray
 
+        from depthseg.progress import quiet_ray
+
         ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS"),
-                 log_to_driver=False, configure_logging=False)
+                 log_to_driver=False, configure_logging=False, **quiet_ray(args.verbose))
 
     try:
         opts.check()

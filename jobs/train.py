@@ -26,6 +26,7 @@ from depthseg.config import explicit_model_keys, load_config, parse_overrides  #
 from depthseg.errors import DepthSegError  # noqa: E402
 from depthseg.io.chips import ChipStore  # noqa: E402
 from depthseg.io.storage import Storage, join  # noqa: E402
+from depthseg.progress import quiet_ray  # noqa: E402
 from depthseg.train.loop import RunSpec, fit_config_to_store  # noqa: E402
 from depthseg.train.ray_train import Scaling, train, worker_input_error  # noqa: E402
 
@@ -50,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpus-per-worker", type=float, default=1.0,
                    help="CPUs reserved per worker; Ray Data reads with the rest (0.5 on 2 cores)")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's own INFO messages (hidden by default)")
     p.add_argument("--ray-address", default=None, help="default: RAY_ADDRESS or a local Ray")
     return p.parse_args(argv)
 
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                        storage=storage, tensorboard=args.tensorboard)
         # Workers inherit the S3 settings through Storage; Ray itself is set up here only.
         ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS"),
-                 log_to_driver=True, configure_logging=False)
+                 log_to_driver=True, configure_logging=False, **quiet_ray(args.verbose))
         # The epoch lines are the progress display; Ray Data's bars would drown them.
         ray.data.DataContext.get_current().enable_progress_bars = False
         workers = args.num_workers
@@ -91,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                       "worker; pass --num-workers N for more", file=sys.stderr)
         scaling = Scaling(num_workers=workers, gpu=args.gpu, max_failures=args.max_failures,
                           cpus_per_worker=args.cpus_per_worker)
-        result = train(spec, name, args.storage, scaling, resume=args.resume)
+        result = train(spec, name, args.storage, scaling, resume=args.resume,
+                       verbose=args.verbose)
     except DepthSegError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

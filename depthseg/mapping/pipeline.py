@@ -50,6 +50,7 @@ from depthseg.mapping.stages import (
     write_batch,
 )
 from depthseg.mapping.write import Mosaic
+from depthseg.progress import Progress
 
 PLAN = "plan.json"
 INPUTS = "inputs.json"
@@ -234,15 +235,6 @@ def _ray_stream(ctx: ChunkContext, rows: list[dict[str, str]], request: MapReque
         on_result(dict(row))
 
 
-def _eta(elapsed: float, finished: int, total: int) -> str:
-    """`` ETA 1h02m`` from the steady rate so far (after the first chunk), or ``""``."""
-    if finished < 2 or finished >= total:
-        return ""
-    seconds = int(elapsed / finished * (total - finished))
-    hours, rest = divmod(seconds, 3600)
-    return f" ETA {hours}h{rest // 60:02d}m" if hours else f" ETA {rest // 60}m{rest % 60:02d}s"
-
-
 def check_output(out: str, storage: Storage) -> None:
     """Refuse an output location that cannot hold a run, before any work starts."""
     if scheme_of(out) in ("", "file"):
@@ -304,6 +296,7 @@ def map_region(request: MapRequest, storage: Storage | None = None,
         InputError: Bad request or input; nothing that looks complete is left behind.
     """
     storage = storage or Storage()
+    own_log = log
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     started = time.perf_counter()
     contract = bundle.contract if bundle is not None else verify_bundle(request.model,
@@ -343,7 +336,7 @@ def map_region(request: MapRequest, storage: Storage | None = None,
     report.lease = lease.to_dict()
     try:
         return _map_with_lease(request, storage, bundle, log, cogs_ready, contract, catalog,
-                               plan, report, lease, started)
+                               plan, report, lease, started, own_log is None)
     finally:
         lease.release()
 
@@ -351,7 +344,7 @@ def map_region(request: MapRequest, storage: Storage | None = None,
 def _map_with_lease(request: MapRequest, storage: Storage, bundle: Bundle | None,
                     log: Callable[[str], None], cogs_ready: Collection[ChunkId],
                     contract: Contract, catalog: Catalog, plan: Plan, report: RunReport,
-                    lease: Lease, started: float) -> RunReport:
+                    lease: Lease, started: float, to_stderr: bool = False) -> RunReport:
     """:func:`map_region` once the output's lease is held."""
     mosaic = Mosaic(request.out, storage)
     if request.resume:
@@ -376,17 +369,21 @@ def _map_with_lease(request: MapRequest, storage: Storage, bundle: Bundle | None
     rows, extent = chunk_rows(catalog, plan, todo)
     report.seconds["plan"] = time.perf_counter() - started
     shown: set[str] = set()
+    # A bar with an ETA on a terminal; in a log, a line every 10 s. Failed chunks always get
+    # their own line.
+    progress = Progress(len(todo), "map", "chunks", log=None if to_stderr else log)
 
     def on_result(row: dict[str, Any]) -> None:
         report.add_chunk(row)
-        state = f"FAILED ({row['error']})" if row["error"] else "done"
-        log(f"[{report.finished}/{len(todo)} {100 * report.finished / len(todo):.0f}%"
-            f"{_eta(time.perf_counter() - map_start, report.finished, len(todo))}] chunk "
-            f"{row['chunk']} {state} (read {row['read_s']:.1f}s, predict "
-            f"{row['predict_s']:.1f}s, write {row['write_s']:.1f}s)")
+        retried = f", {report.retries} retries" if report.retries else ""
+        progress.update(1, status=(f"{len(report.failed)} failed" if report.failed else "ok")
+                        + retried)
+        if row["error"]:
+            progress.write(f"chunk {row['chunk']} FAILED ({row['error']}) (read "
+                           f"{row['read_s']:.1f}s, predict {row['predict_s']:.1f}s)")
         if row.get("detail") and row["error"] not in shown:  # a bug: its traceback, once
             shown.add(str(row["error"]))
-            log(str(row["detail"]))
+            progress.write(str(row["detail"]))
 
     map_start, map_cpu = time.perf_counter(), time.process_time()
     report.timeline["map"] = time.time()
@@ -398,6 +395,7 @@ def _map_with_lease(request: MapRequest, storage: Storage, bundle: Bundle | None
                 predictor = ChunkPredictActor(ctx, request.model, bundle, request.gpus,
                                               request.batch_size, compile_model=request.compile)
                 run_local(ctx, rows, predictor, on_result)
+        progress.close()
         report.seconds["map"] = time.perf_counter() - map_start
         report.driver_map_cpu_s = time.process_time() - map_cpu
         if lease.lost is not None:

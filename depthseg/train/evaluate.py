@@ -21,6 +21,7 @@ from depthseg.io.bundle import load_bundle
 from depthseg.io.chips import SPLITS, ChipStore
 from depthseg.io.storage import Storage, join
 from depthseg.metrics import format_table, scores
+from depthseg.progress import Progress
 from depthseg.train.data import read_chips
 from depthseg.train.loop import confusion_over
 
@@ -57,8 +58,11 @@ def evaluate(model_uri: str, chips: str, split: str = "test", out: str | None = 
     batches = ({k: torch.from_numpy(v) for k, v in
                 read_chips(store, indices[i:i + batch_size]).items()}
                for i in range(0, len(indices), batch_size))
-    cm = confusion_over(model, batches, torch.tensor(contract.mean), torch.tensor(contract.std),
-                        len(contract.class_names), dev).cpu().numpy()
+    with Progress(len(indices), f"evaluate ({split})", "chips") as progress:
+        counted = progress.iterate(batches, sizes=lambda batch: len(batch["label"]))
+        cm = confusion_over(model, counted, torch.tensor(contract.mean),
+                            torch.tensor(contract.std), len(contract.class_names),
+                            dev).cpu().numpy()
     result = scores(cm, contract.class_names)
     name = model_uri.rstrip("/").rsplit("/", 1)[-1] or "model"
     markdown = (f"# {name} on {split} ({len(indices)} chips, {result['num_pixels']} pixels)\n\n"

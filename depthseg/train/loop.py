@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from collections.abc import Collection, Iterable
 from contextlib import nullcontext
@@ -35,6 +36,7 @@ from depthseg.io.storage import Storage, join, scheme_of, sweep_temp_dirs, temp_
 from depthseg.io.weights import build_model_from_uri
 from depthseg.metrics import MEAN_KEYS, confusion_matrix, scores
 from depthseg.model import DepthSegLoss, normalize
+from depthseg.progress import Progress
 from depthseg.train.checkpoint import (
     STATE_FILE,
     TrainState,
@@ -217,17 +219,31 @@ def autocast(device: torch.device, precision: str) -> Any:
 
 @torch.no_grad()
 def confusion_over(model: nn.Module, batches: Iterable[Batch], mean: Tensor, std: Tensor,
-                   num_classes: int, device: torch.device, precision: str = "fp32") -> Tensor:
-    """(K, K) int64 confusion matrix of ``model`` over ``batches`` (on ``device``)."""
+                   num_classes: int, device: torch.device, precision: str = "fp32",
+                   loss_fn: DepthSegLoss | None = None, loss_sums: Tensor | None = None,
+                   ) -> Tensor:
+    """(K, K) int64 confusion matrix of ``model`` over ``batches`` (on ``device``).
+
+    With ``loss_fn``, also adds (loss x chips, chips) of the batches to ``loss_sums`` (the
+    validation loss of the training curves).
+    """
     was_training = model.training
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    for batch in batches:
-        images = normalize(batch["image"].to(device, non_blocking=True), mean, std)
-        with autocast(device, precision):
-            logits = model(images).logits
-        labels = batch["label"].to(device)
-        cm += torch.from_numpy(confusion_matrix(logits.argmax(1), labels, num_classes)).to(device)
+    with torch.no_grad():
+        for batch in batches:
+            images = normalize(batch["image"].to(device, non_blocking=True), mean, std)
+            with autocast(device, precision):
+                out = model(images)
+            labels = batch["label"].to(device)
+            cm += torch.from_numpy(confusion_matrix(out.logits.argmax(1), labels,
+                                                    num_classes)).to(device)
+            if loss_fn is not None and loss_sums is not None:
+                parts = loss_fn(out.logits.float(), [d.float() for d in out.depths], labels,
+                                batch["depth"].to(device).float())
+                loss_sums += torch.stack([parts.loss.detach().double() * images.shape[0],
+                                          torch.tensor(float(images.shape[0]),
+                                                       dtype=torch.float64, device=device)])
     model.train(was_training)
     return cm
 
@@ -275,6 +291,10 @@ def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print)
         generator = torch.Generator().manual_seed(epoch_seed(tc.seed, epoch, rank))
         sums = torch.zeros(4, dtype=torch.float64, device=device)
         start, steps = time.perf_counter(), 0
+        # Worker 0 shows the epoch's progress (a bar on a terminal, else a line every 30 s).
+        progress = Progress(spe, f"epoch {epoch + 1}/{tc.epochs}", "steps", every_s=30,
+                            log=None if rank == 0 and log is print and sys.stderr.isatty()
+                            else (lambda line: log_rank0(rank, log, line)))
         for batch in feed.train_batches(epoch):
             if steps == spe:
                 break  # every worker takes exactly `spe` steps, whatever its shard holds
@@ -290,15 +310,22 @@ def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print)
             scheduler.step()
             steps += 1
             state.step += 1
+            progress.update(1)  # no loss shown: reading it would sync the GPU every step
             n = images.shape[0]
             sums += torch.stack([parts.loss.detach() * n, parts.l_depth.detach() * n,
                                  parts.l_cls.detach() * n,
                                  torch.tensor(n, device=device)]).double()
+        progress.close()
         seconds = time.perf_counter() - start
         sums = hooks.all_reduce(sums)
+        val_sums = torch.zeros(2, dtype=torch.float64, device=device)
         cm = hooks.all_reduce(confusion_over(model, feed.val_batches(), mean, std,
-                                             cfg.model.num_classes, device, tc.precision))
+                                             cfg.model.num_classes, device, tc.precision,
+                                             loss_fn, val_sums))
+        val_sums = hooks.all_reduce(val_sums)
         metrics = _metrics(epoch + 1, state.step, sums, cm, optimizer, seconds, store)
+        if float(val_sums[1]) > 0:
+            metrics["val_loss"] = float(val_sums[0] / val_sums[1])
         state.epoch = epoch + 1
         state.history.append(metrics)
         improved = metrics.get("val_mIoU", -1.0) > state.best_miou or cm.sum() == 0
@@ -309,6 +336,8 @@ def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print)
         if rank == 0:
             lines = "".join(json.dumps(m) + "\n" for m in state.history)
             storage.write_bytes_atomic(join(spec.run_dir, "metrics.jsonl"), lines.encode())
+            storage.write_bytes_atomic(join(spec.run_dir, "curves.png"),
+                                       plot_curves(state.history))
             if board is not None:
                 for key, value in metrics.items():
                     if isinstance(value, float) and math.isfinite(value):
@@ -416,3 +445,40 @@ def _maybe_fault(spec: RunSpec, epoch: int, storage: Storage) -> None:
         return
     storage.write_bytes_atomic(marker, b"1")
     raise RuntimeError(f"injected fault after epoch {epoch} (RunSpec.fault_after_epoch)")
+
+
+def plot_curves(history: list[dict[str, Any]]) -> bytes:
+    """``curves.png``: train/val loss, validation mIoU/mF1 and the learning rate per epoch."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [m["epoch"] for m in history]
+
+    def series(key: str, scale: float = 1.0) -> list[float]:
+        return [float(m[key]) * scale if key in m else float("nan") for m in history]
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
+    axes[0].plot(epochs, series("loss"), "o-", label="train loss")
+    axes[0].plot(epochs, series("val_loss"), "o-", label="val loss")
+    axes[0].plot(epochs, series("l_depth"), ":", label="train depth loss")
+    axes[0].plot(epochs, series("l_cls"), ":", label="train class loss")
+    axes[0].set_title("loss")
+    axes[1].plot(epochs, series("val_mIoU", 100), "o-", label="val mIoU")
+    axes[1].plot(epochs, series("val_mF1", 100), "o-", label="val mF1")
+    axes[1].plot(epochs, series("best_mIoU", 100), "--", label="best mIoU")
+    axes[1].set_title("validation (%)")
+    axes[2].plot(epochs, series("lr"), "o-", label="lr")
+    axes[2].set_yscale("log")
+    axes[2].set_title("learning rate")
+    for axis in axes:
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return buffer.getvalue()

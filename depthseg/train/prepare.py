@@ -34,6 +34,7 @@ from depthseg.io.chips import ChipSchema, ChipStore
 from depthseg.io.storage import Storage, join
 from depthseg.io.warp import check_resampling
 from depthseg.model.depthnorm import depth_from_height
+from depthseg.progress import Progress
 from depthseg.train import sources
 from depthseg.train.sources import (
     ChipPixels,
@@ -327,15 +328,17 @@ def prepare_chips(opts: PrepareOptions, storage: Storage | None = None,
         storage.write_bytes_atomic(plan_uri, json.dumps(plan_doc).encode())
     done = store.done()
     todo = [r for r in refs if not done[r.index]]
+    # A bar on a terminal when logging to stdout; otherwise progress lines through ``log``.
+    progress_log = None if log is print else log
     log(f"prepare: {len(refs)} chips planned, {len(refs) - len(todo)} already done, "
         f"{len(todo)} to cut ({schema.depth_source} depth)")
     if todo:
         if opts.teacher is not None:
             if start_ray is not None:
                 start_ray()
-            _run_teacher_pipeline(opts, todo, reader, storage)
+            _run_teacher_pipeline(opts, todo, reader, storage, progress_log)
         else:
-            _run_local(opts, todo, reader, store)
+            _run_local(opts, todo, reader, store, progress_log)
     stats = store.finalize_stats()
     group: Any = store.group
     splits = np.asarray(group["split"][:])
@@ -357,7 +360,8 @@ def height_depth(height: np.ndarray | None) -> np.ndarray | None:
     return depth_from_height(h)[0, 0].numpy()
 
 
-def _run_local(opts: PrepareOptions, todo: list[ChipRef], reader: Any, store: ChipStore) -> None:
+def _run_local(opts: PrepareOptions, todo: list[ChipRef], reader: Any, store: ChipStore,
+               progress_log: Callable[[str], None] | None = None) -> None:
     # Readers wait on GDAL/S3 with the GIL released: threads overlap the I/O.
     def cut(ref: ChipRef) -> int:
         px: ChipPixels = reader.read(ref)
@@ -365,9 +369,10 @@ def _run_local(opts: PrepareOptions, todo: list[ChipRef], reader: Any, store: Ch
                          px.valid)
         return ref.index
 
-    with ThreadPoolExecutor(max(1, opts.threads)) as pool:
+    with ThreadPoolExecutor(max(1, opts.threads)) as pool, \
+            Progress(len(todo), "prepare", "chips", log=progress_log) as progress:
         for _ in pool.map(cut, todo):
-            pass
+            progress.update(1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -415,7 +420,8 @@ def _write_batch(batch: dict[str, np.ndarray], uri: str, storage: Storage) -> di
 
 
 def _run_teacher_pipeline(opts: PrepareOptions, todo: list[ChipRef], reader: Any,
-                          storage: Storage) -> None:
+                          storage: Storage,
+                          progress_log: Callable[[str], None] | None = None) -> None:
     import ray.data
 
     assert opts.teacher is not None
@@ -433,8 +439,10 @@ def _run_teacher_pipeline(opts: PrepareOptions, todo: list[ChipRef], reader: Any
     ds = ds.map_batches(_write_batch, fn_kwargs={"uri": opts.out, "storage": storage},
                         batch_size=opts.teacher_batch)
     written = 0
-    for batch in _iter(ds):
-        written += len(batch["index"])
+    with Progress(len(todo), "prepare (teacher depth)", "chips", log=progress_log) as progress:
+        for batch in _iter(ds):
+            written += len(batch["index"])
+            progress.update(len(batch["index"]))
     if written != len(todo):
         raise InputError(f"teacher pipeline wrote {written} of {len(todo)} chips; rerun to "
                          "continue")

@@ -195,8 +195,11 @@ def run_exists(run_dir: str, storage: Storage) -> bool:
 
 
 def train(spec: RunSpec, name: str, storage_uri: str, scaling: Scaling,
-          resume: bool = False) -> Any:
+          resume: bool = False, verbose: bool = False) -> Any:
     """Run (or, with ``resume``, continue) the training run ``<storage_uri>/<name>``.
+
+    Ray Train's own INFO lines (resources, each reported result) are hidden unless
+    ``verbose``: the epoch lines and the in-epoch progress are the display.
 
     ``spec.run_dir`` is replaced by ``<storage_uri>/<name>``, Ray's folder of the run.
 
@@ -206,7 +209,7 @@ def train(spec: RunSpec, name: str, storage_uri: str, scaling: Scaling,
     Raises:
         InputError: the run exists and ``resume`` is off, or ``resume`` finds no run.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     # Ray keeps the run in <storage_path>/<name>; our artefacts go to the same folder.
@@ -227,10 +230,11 @@ def train(spec: RunSpec, name: str, storage_uri: str, scaling: Scaling,
         train_worker,
         train_loop_config={"spec": spec, "num_train": num_train},
         scaling_config=_scaling_config(scaling),
-        run_config=RunConfig(
+        run_config=RunConfig(  # type: ignore[call-arg]  # Ray Train v2 (mypy sees v1)
             name=name, storage_path=storage_path, storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=scaling.keep_checkpoints),
+            logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         ),
         datasets=ray_datasets(spec.chips, spec.storage, splits=("train",)),
     )

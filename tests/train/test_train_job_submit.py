@@ -120,6 +120,11 @@ def test_ray_job_submit_trains_and_exports_a_bundle(tmp_path, head_cluster):
         time.sleep(2)
     assert job.returncode == 0, log[-4000:]
     assert "succeeded" in log, log[-4000:]
+    # The useful lines are not buried: Ray's own INFO chatter is hidden (--verbose shows it).
+    assert "epoch 1/1 step" in log
+    for chatter in ("Reporting training result", "Starting execution of Dataset",
+                    "Requesting resources"):
+        assert chatter not in log, chatter
     bundle = load_bundle(str(runs / "submitted" / "best"))
     assert bundle.contract.band_names == ("band1", "band2", "band3")
     assert (runs / "submitted" / "metrics.jsonl").exists()

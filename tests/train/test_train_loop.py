@@ -114,6 +114,12 @@ def test_checkpoint_leaves_the_frozen_encoder_out(chip_store, tmp_path):
     saved = torch.load(tmp_path / "checkpoint_epoch_0001" / STATE_FILE, weights_only=False)
     assert not any(k.startswith("encoder.vit.") for k in saved["model"])
     assert state.epoch == 1 and (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
+    # The curves picture comes with every epoch: train and val loss, mIoU, lr.
+    from PIL import Image
+
+    assert state.history[0]["val_loss"] > 0 and state.history[0]["loss"] > 0
+    with Image.open(tmp_path / "curves.png") as picture:
+        assert picture.format == "PNG" and picture.width > 3 * picture.height / 2
     bundle = load_bundle(str(tmp_path / "best"))
     store = ChipStore.open(chip_store)
     assert bundle.contract.mean == tuple(store.stats["mean"])
