@@ -121,8 +121,9 @@ class Progress:
 def quiet_ray(verbose: bool = False) -> dict[str, Any]:
     """Keyword arguments for ``ray.init`` that keep Ray's own INFO chatter out of a job's output.
 
-    Ray Core's driver messages go to WARNING, and Ray Data's console logger too (in the driver
-    and, through the runtime environment, in every worker); Ray's log files keep everything.
+    Ray Core's driver messages go to WARNING, the root logger of every task and actor of the
+    job too, and Ray Data's logger (in the driver and, through the runtime environment, in
+    every worker). Our own warnings (retries, a lost lease) still show.
     ``verbose`` returns Ray's defaults. Merge ``runtime_env`` with a job's own.
     """
     import logging
@@ -132,6 +133,18 @@ def quiet_ray(verbose: bool = False) -> dict[str, Any]:
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in log files
     if verbose:
         return {"runtime_env": {"env_vars": {}}}
+    import ray
+
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+    # Notices that are not about this job: the local cluster's token authentication, the
+    # progress bars we turn off ourselves, and the core worker's notes on actor restarts
+    # (C++ log lines; Ray's log files keep them).
+    for name in ("ray._private.authentication.authentication_token_setup",
+                 "ray.data._internal.progress"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    # Root loggers of the job's tasks and actors at WARNING (some Ray Train messages log to
+    # a logger named after its file, outside "ray.train").
     return {"logging_level": logging.WARNING,
+            "logging_config": ray.LoggingConfig(log_level="WARNING"),
             "runtime_env": {"env_vars": {"RAY_DATA_LOG_LEVEL": "WARNING"}}}

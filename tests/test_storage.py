@@ -173,3 +173,31 @@ def test_a_scene_that_is_really_broken_still_fails_naming_it(tmp_path, s3_storag
     s3_storage.write_bytes_atomic(uri, b"II*\x00" + b"\x00" * 100)
     with pytest.raises(StorageError, match=r"broken.tif.* after 4 attempts .*check that it"):
         describe_scene(uri, s3_storage)
+
+
+def test_temporary_credentials_send_their_session_token_from_s3fs_and_gdal(
+        tmp_path, s3_server, s3_prefix, monkeypatch):
+    token = "FwoGZXIvYXdzEXAMPLE-session-token"
+    with FaultProxy(s3_server.port) as proxy:
+        # STS / SSO / IRSA credentials: key, secret and a session token from the environment.
+        options = s3_server.storage.s3
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint_url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", str(options.key))
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", str(options.secret))
+        monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+        storage = Storage.from_env()
+        assert token not in repr(storage) and token not in str(storage)
+        local = tmp_path / "scene.tif"
+        data = _write_cog(local)
+        uri = f"{s3_prefix}/scenes/token.tif"
+        storage.upload(local, uri)  # s3fs
+        info = describe_scene(uri, storage)  # GDAL /vsis3/
+        pixels, _ = read_pixels(info, storage, 0, 0, 32, 32)
+        np.testing.assert_array_equal(pixels, data[:, :32, :32])
+    agents = {"gdal": [], "boto": []}
+    for _method, _path, headers in proxy.requests:
+        lowered = {k.lower(): v for k, v in headers.items()}
+        kind = "gdal" if "gdal" in lowered.get("user-agent", "").lower() else "boto"
+        agents[kind].append(lowered.get("x-amz-security-token"))
+    assert agents["gdal"] and agents["boto"], agents
+    assert set(agents["gdal"]) == {token} and set(agents["boto"]) == {token}

@@ -211,6 +211,8 @@ class FaultProxy:
         self.rates = {"fail": fail, "drop": drop, "cut": cut}
         self.only = only
         self.counts = {"relayed": 0, "fail": 0, "drop": 0, "cut": 0}
+        #: (method, path, headers) of every request, in arrival order.
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self.host = host
@@ -236,9 +238,10 @@ class FaultProxy:
         """``http://HOST:PORT`` of the proxy."""
         return f"http://{self.host}:{self.port}"
 
-    def storage(self) -> Storage:
+    def storage(self, token: str | None = None) -> Storage:
         """Storage settings that reach the server through this proxy."""
-        return Storage(s3=S3Config(endpoint_url=self.endpoint_url, key=_KEY, secret=_SECRET))
+        return Storage(s3=S3Config(endpoint_url=self.endpoint_url, key=_KEY, secret=_SECRET,
+                                   token=token))
 
     def _fault(self, method: str, path: str) -> str | None:
         if self.only is not None and not self.only(method, path):
@@ -271,6 +274,8 @@ class FaultProxy:
 
     def _handle(self, handler: http.server.BaseHTTPRequestHandler) -> None:
         body = self._body(handler)
+        with self._lock:
+            self.requests.append((handler.command, handler.path, dict(handler.headers.items())))
         fault = self._fault(handler.command, handler.path)
         if fault == "drop":
             self._count("drop")

@@ -38,7 +38,7 @@ T = TypeVar("T")
 _SCHEMES_LOCAL = ("", "file")
 _GDAL_CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 _SCHEMES_S3 = ("s3",)
-_REDACTED_FIELDS = ("secret",)  # shown as '***' by repr(); pickling keeps the real value
+_REDACTED_FIELDS = ("secret", "token")  # '***' in repr(); pickling keeps the real value
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,8 @@ class S3Config:
         endpoint_url: Full URL of the S3 API (``http://127.0.0.1:9000``); None for AWS itself.
         key: Access key id; None to let botocore find credentials (roles, profiles).
         secret: Secret access key; None likewise.
+        token: Session token of temporary credentials (STS, SSO, IRSA); None for long-term
+            keys.
         region: Region name sent with signed requests.
         anon: Unsigned requests (public buckets).
 
@@ -61,6 +63,7 @@ class S3Config:
     secret: str | None = None
     region: str = "us-east-1"
     anon: bool = False
+    token: str | None = None
 
     def __post_init__(self) -> None:
         if self.endpoint_url is not None:
@@ -93,6 +96,7 @@ class S3Config:
             secret=env.get("AWS_SECRET_ACCESS_KEY") or None,
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
             anon=env.get("AWS_NO_SIGN_REQUEST", "").upper() in ("YES", "TRUE", "1"),
+            token=env.get("AWS_SESSION_TOKEN") or None,
         )
 
     def fsspec_options(self) -> dict[str, Any]:
@@ -102,6 +106,8 @@ class S3Config:
             options["key"] = self.key
         if self.secret is not None:
             options["secret"] = self.secret
+        if self.token is not None:
+            options["token"] = self.token
         client_kwargs: dict[str, Any] = {"region_name": self.region}
         if self.endpoint_url is not None:
             client_kwargs["endpoint_url"] = self.endpoint_url
@@ -125,6 +131,8 @@ class S3Config:
             options["AWS_ACCESS_KEY_ID"] = self.key
         if self.secret is not None:
             options["AWS_SECRET_ACCESS_KEY"] = self.secret
+        if self.token is not None:
+            options["AWS_SESSION_TOKEN"] = self.token
         if self.endpoint_url is not None:
             parsed = urlparse(self.endpoint_url)
             options["AWS_S3_ENDPOINT"] = parsed.netloc

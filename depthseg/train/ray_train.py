@@ -171,6 +171,8 @@ def train_worker(config: dict[str, Any]) -> None:
     Anything else fails the worker, and Ray restarts it from the latest checkpoint.
     """
     spec: RunSpec = config["spec"]
+    if not config.get("verbose", False):
+        _quiet_train_worker()
     hooks = RayHooks(spec)
     worker_batch = max(1, spec.config.train.batch_size // hooks.world_size)
     try:
@@ -181,6 +183,21 @@ def train_worker(config: dict[str, Any]) -> None:
         if hooks.rank == 0:
             spec.storage.write_bytes_atomic(join(spec.run_dir, INPUT_ERROR),
                                             str(err).splitlines()[0].encode())
+
+
+def _quiet_train_worker() -> None:
+    """Hide Ray Train's per-report INFO line on this worker.
+
+    Its logger is named after its file, so ``LoggingConfig`` does not reach it; the epoch
+    lines say the same.
+    """
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: its chatter stays
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def worker_input_error(run_dir: str, storage: Storage) -> str | None:
@@ -228,7 +245,7 @@ def train(spec: RunSpec, name: str, storage_uri: str, scaling: Scaling,
     storage_path, filesystem = ray_storage(storage_uri, spec.storage)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"spec": spec, "num_train": num_train},
+        train_loop_config={"spec": spec, "num_train": num_train, "verbose": verbose},
         scaling_config=_scaling_config(scaling),
         run_config=RunConfig(  # type: ignore[call-arg]  # Ray Train v2 (mypy sees v1)
             name=name, storage_path=storage_path, storage_filesystem=filesystem,
