@@ -136,13 +136,12 @@ def quiet_ray(verbose: bool = False) -> dict[str, Any]:
     import ray
 
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
-    # Notices that are not about this job: the local cluster's token authentication, the
-    # progress bars we turn off ourselves, and the core worker's notes on actor restarts
-    # (C++ log lines; Ray's log files keep them).
+    # Notices that are not about this job: the local cluster's token authentication and the
+    # progress bars we turn off ourselves. (The core worker's C++ notes stay: quieting them
+    # through RAY_BACKEND_LOG_LEVEL makes every process print that it did.)
     for name in ("ray._private.authentication.authentication_token_setup",
                  "ray.data._internal.progress"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     # Root loggers of the job's tasks and actors at WARNING (some Ray Train messages log to
     # a logger named after its file, outside "ray.train").
     return {"logging_level": logging.WARNING,
