@@ -58,6 +58,9 @@ class Contract:
         source_bands: Band count of the training imagery (0: unknown).
         resampling: How training scenes off the label grid were resampled; mapping uses it
             by default.
+        depth_source: What the depth head was trained on: ``height`` (nDSM/DSM heights),
+            ``teacher`` (Depth Anything depth), ``none``, or ``""`` (not recorded). Either
+            way the depth layer is relative (each training image stretched to [0, 1]).
     """
 
     band_indices: tuple[int, ...]
@@ -74,6 +77,7 @@ class Contract:
     band_descriptions: tuple[str, ...] = ()
     source_bands: int = 0
     resampling: str = "nearest"
+    depth_source: str = ""
 
     def __post_init__(self) -> None:
         n = len(self.band_indices)
@@ -131,7 +135,8 @@ class Contract:
         unknown = sorted(set(data) - known)
         if unknown:
             raise InputError(f"contract has unknown keys {unknown}; expected only {sorted(known)}")
-        optional = {"nodata", "gsd", "band_descriptions", "source_bands", "resampling"}
+        optional = {"nodata", "gsd", "band_descriptions", "source_bands", "resampling",
+                    "depth_source"}
         missing = sorted(f.name for f in fields(cls) if f.name not in data
                          and f.name not in optional)
         if missing:
@@ -151,6 +156,7 @@ class Contract:
             band_descriptions=tuple(str(d) for d in data.get("band_descriptions", ())),
             source_bands=int(data.get("source_bands", 0)),
             resampling=str(data.get("resampling", "nearest")),
+            depth_source=str(data.get("depth_source", "")),
         )
 
     def check_model(self, config: ModelConfig) -> None:

@@ -270,7 +270,8 @@ def _collection(out: str, storage: Storage, plan: Plan, chunks: list[ChunkId],
                          else [products.CLASSIFICATION]),
         summaries=pystac.Summaries({"proj:code": [code]} if code else {}))
     collection.item_assets = {layer: pystac.ItemAssetDefinition.create(
-        title=products.ASSET_TEXT[layer][0], description=products.ASSET_TEXT[layer][1],
+        title=products.asset_text(layer, contract)[0],
+        description=products.asset_text(layer, contract)[1],
         media_type=pystac.MediaType.COG, roles=["data"],
         extra_fields=products.asset_fields(layer, contract)) for layer in RESAMPLING}
     collection.add_asset("items", pystac.Asset(

@@ -55,6 +55,16 @@ ASSET_TEXT = {
 }
 
 
+def asset_text(layer: str, contract: Contract) -> tuple[str, str]:
+    """(title, description) of a layer's STAC asset; depth says what it was trained on."""
+    from depthseg.mapping.styles import DEPTH_SOURCES
+
+    title, description = ASSET_TEXT[layer]
+    if layer == "depth" and contract.depth_source in DEPTH_SOURCES:
+        description = f"{DEPTH_SOURCES[contract.depth_source].capitalize()}. {description}"
+    return title, description
+
+
 def overview_factor(grid: OutputGrid) -> int:
     """The overview level's downsampling factor.
 
@@ -280,7 +290,7 @@ def stac_item(grid: OutputGrid, chunk: ChunkId, contract: Contract,
                                    "proj:transform": list(grid.chunk_transform(chunk))[:6]},
                        stac_extensions=[PROJECTION, CLASSIFICATION], collection=COLLECTION_ID)
     for layer in RESAMPLING:
-        title, description = ASSET_TEXT[layer]
+        title, description = asset_text(layer, contract)
         item.add_asset(layer, pystac.Asset(
             href=f"../../cog/{layer}/{chunk.key}.tif", title=title, description=description,
             media_type=pystac.MediaType.COG, roles=["data"],

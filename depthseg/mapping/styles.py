@@ -41,9 +41,25 @@ RAMPS: dict[str, list[tuple[float, str]]] = {
 }
 
 
+DEPTH_SOURCES = {
+    "height": "relative height above ground (trained on nDSM heights)",
+    "teacher": "relative depth (trained on Depth Anything teacher depth)",
+    "none": "no depth (the model was trained without depth targets)",
+}
+
+
+def describe(layer: str, contract: Contract) -> str:
+    """What a layer's values mean, for this bundle (depth: what it was trained on)."""
+    description = LAYER_INFO[layer][0]
+    if layer == "depth" and contract.depth_source in DEPTH_SOURCES:
+        description = f"{DEPTH_SOURCES[contract.depth_source]}; {description}"
+    return description
+
+
 def vrt_band_lines(layer: str, contract: Contract) -> list[str]:
     """The ``VRTRasterBand`` elements that name and describe ``layer`` (after NoDataValue)."""
-    description, unit, _, scale = LAYER_INFO[layer]
+    _, unit, _, scale = LAYER_INFO[layer]
+    description = describe(layer, contract)
     lines = [f"    <Description>{escape(description)}</Description>"]
     if unit:
         lines.append(f"    <UnitType>{unit}</UnitType>")

@@ -175,6 +175,7 @@ def contract_from_store(store: ChipStore, config: Config) -> Contract:
         tile_size=max(patch, round(schema.chip_size / patch) * patch), nodata=0,
         gsd=schema.gsd, band_descriptions=schema.band_descriptions,
         source_bands=schema.source_bands, resampling=schema.resampling,
+        depth_source=schema.depth_source,
     )
 
 

@@ -295,3 +295,25 @@ def test_zarr_format_2_mosaic_opens_in_gdal_and_xarray(synthetic_region: Any,
             assert src.transform.almost_equals(mosaic.rio.transform())
             np.testing.assert_array_equal(src.read(1), mosaic[layer].values)
     assert json.loads((out / "plan.json").read_text())["zarr_format"] == 2
+
+
+def test_the_depth_layer_is_named_after_what_the_model_learnt() -> None:
+    from dataclasses import replace as with_fields
+
+    from mapping_helpers import contract_for
+
+    from depthseg.mapping.products import asset_text
+    from depthseg.mapping.styles import describe, vrt_band_lines
+
+    contract = contract_for("uint8", (1, 2, 3))
+    heights = with_fields(contract, depth_source="height")
+    assert describe("depth", heights).startswith("relative height above ground (trained on "
+                                                 "nDSM heights)")
+    assert "Depth Anything" in describe("depth", with_fields(contract, depth_source="teacher"))
+    assert describe("depth", contract).startswith("relative depth in [0, 1]")  # not recorded
+    assert any("relative height above ground" in line for line in vrt_band_lines("depth",
+                                                                                 heights))
+    assert asset_text("depth", heights)[1].startswith("Relative height above ground")
+    from depthseg.io.bundle import Contract
+
+    assert Contract.from_dict(heights.to_dict()).depth_source == "height"

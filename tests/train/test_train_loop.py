@@ -124,6 +124,8 @@ def test_checkpoint_leaves_the_frozen_encoder_out(chip_store, tmp_path):
     store = ChipStore.open(chip_store)
     assert bundle.contract.mean == tuple(store.stats["mean"])
     assert bundle.contract.class_names == store.schema.class_names
+    # What the depth head learnt is recorded: mapping names the depth layer after it.
+    assert bundle.contract.depth_source == store.schema.depth_source != ""
 
 
 def test_s3_chip_store_trains_like_a_local_one(chip_store, tmp_path, s3_prefix, s3_storage):
