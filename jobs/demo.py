@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "demo-out", help="output folder")
     parser.add_argument("--size", type=int, default=2048, help="region size in pixels")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=25, help="training epochs (tiny preset)")
+    parser.add_argument("--epochs", type=int, default=30,
+                        help="training epochs (configs/demo.yaml: the tiny model, encoder trained)")
     args = parser.parse_args(argv)
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -105,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
           "--label", str(rgb.labels), "--height", str(rgb.height), "--bands", "1", "2", "3",
           "--chip-size", "256", "--block", "2", "--seed", str(args.seed)])
 
-    _step(f"train: tiny preset, {args.epochs} epochs on a local Ray (1 CPU worker)")
-    _run(["jobs/train.py", "--config", "configs/tiny.yaml", "--chips", str(chip_store),
+    _step(f"train: the tiny model with its encoder trained (configs/demo.yaml), {args.epochs} "
+          "epochs on a local Ray (1 CPU worker)")
+    _run(["jobs/train.py", "--config", "configs/demo.yaml", "--chips", str(chip_store),
           "--storage", str(runs), "--name", "demo", "--epochs", str(args.epochs),
           "--num-workers", "1"])
 
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  region (uint8 RGB):      {rgb.preview}")
     print(f"  chip store:              {chip_store}")
     print(f"  model bundle:            {bundle}")
+    print(f"  training curves:         {runs / 'demo' / 'curves.png'}")
     print(f"  evaluation:              {out / 'eval'}/")
     print(f"  map (synthetic):         {out / 'map'}/ (mosaic.zarr, cog/, stac/, quicklook.png, "
           "run.json)")
