@@ -130,6 +130,11 @@ def _create_exclusive(uri: str, data: bytes, storage: Storage) -> bool:
         return False
 
 
+def is_fresh(record: LeaseRecord, stale_s: float = STALE_S) -> bool:
+    """Whether a lease still binds: a recent heartbeat and, on this host, a live process."""
+    return time.time() - record.heartbeat < stale_s and not _process_gone(record)
+
+
 def _process_gone(record: LeaseRecord) -> bool:
     """True when the holder ran on this host and its process no longer exists."""
     if record.host != socket.gethostname():

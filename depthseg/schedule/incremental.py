@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from depthseg.errors import StorageError
+from depthseg.errors import InputError, StorageError
 from depthseg.geo import ChunkId
+from depthseg.io import lease
 from depthseg.io.bundle import Bundle, Contract, read_manifest
 from depthseg.io.catalog import Catalog, open_catalog
 from depthseg.io.storage import Storage, join, with_retries
@@ -201,12 +203,13 @@ def _ledger(run: RunPlan, status: str, states: dict[str, str] | None = None,
 
 
 def _can_resume(run: RunPlan, storage: Storage) -> bool:
-    """Whether an existing run folder was started from exactly this run plan."""
-    try:
-        ledger = read_ledger(run.run_uri, storage)
-        stored_plan = storage.read_bytes(join(run.run_uri, PLAN))
-    except Exception:  # noqa: BLE001 - anything unreadable: start clean
-        return False
+    """Whether an existing run folder was started from exactly this run plan.
+
+    A ledger or plan that cannot be read (a storage error, a corrupt file) is an error, not
+    a reason to start clean: removing the folder would lose every chunk it holds.
+    """
+    ledger = read_ledger(run.run_uri, storage)
+    stored_plan = storage.read_bytes(join(run.run_uri, PLAN))
     if ledger is None or stored_plan != run.plan.to_json():
         return False
     stored = {k: v.get("scenes") for k, v in ledger.get("chunks", {}).items()}
@@ -218,6 +221,11 @@ def _can_resume(run: RunPlan, storage: Storage) -> bool:
 
 
 def _remove(uri: str, storage: Storage) -> None:
+    """Remove a run folder, unless a run holds its lease (a live run is mapping into it)."""
+    holder = lease.current(uri, storage)
+    if holder is not None and lease.is_fresh(holder, lease.STALE_S):
+        raise InputError(f"run folder {uri!r} is in use by {holder.describe(time.time())}; "
+                         "not removing it: wait for that run, or remove its lease if it is dead")
     fs, path = storage.fs(uri)
     if with_retries(lambda: fs.exists(path)):
         with_retries(lambda: fs.rm(path, recursive=True))

@@ -263,3 +263,30 @@ def test_dry_run_names_a_new_scene_and_the_chunks_it_meets(
             "from run 20261129T020000Z") in out
     assert f"scenes new: {new_uri}" in out and "scenes changed" not in out
     assert listing(scenario["prefix"], storage) == before
+
+
+def test_a_run_folder_is_never_removed_on_a_read_error_or_while_in_use(scenario: Any) -> None:
+    from datetime import datetime, timezone
+
+    from depthseg.errors import DepthSegError, InputError
+    from depthseg.io.lease import Lease
+    from depthseg.schedule.incremental import execute_run, plan_run
+    from depthseg.schedule.regions import parse_regions
+
+    storage = scenario["storage"]
+    [region] = parse_regions(Path(scenario["regions"]).read_text(), "r")
+    run = plan_run(region, datetime(2026, 11, 29, 2, tzinfo=timezone.utc), storage,
+                   executor="local")
+    # A folder at this fire time with other inputs: normally removed and started clean...
+    plan_uri = f"{run.run_uri}/plan.json"
+    storage.write_bytes_atomic(plan_uri, b'{"another": "plan"}')
+    # ...but not while a run holds its lease (it is mapping into it right now).
+    with Lease(run.run_uri, storage).acquire():
+        with pytest.raises(InputError, match="is in use by run"):
+            execute_run(run, storage, log=lambda _: None)
+    assert storage.read_bytes(plan_uri) == b'{"another": "plan"}'
+    # A ledger that cannot be read is an error to fix, not a reason to delete the folder.
+    storage.write_bytes_atomic(f"{run.run_uri}/ledger.json", b'{"format": "depthseg-ru')
+    with pytest.raises(DepthSegError, match="is not JSON"):
+        execute_run(run, storage, log=lambda _: None)
+    assert storage.read_bytes(plan_uri) == b'{"another": "plan"}'
