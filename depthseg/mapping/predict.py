@@ -18,7 +18,6 @@ Output encoding (also written to the mosaic attributes):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,19 +27,11 @@ from depthseg.errors import InputError
 from depthseg.geo import TileSpec, blend_weights, crop_halo
 from depthseg.geo.tiles import TileLayout, TileOffset, select_tiles
 from depthseg.io.bundle import Contract
+from depthseg.mapping.layers import CONFIDENCE_NODATA, LANDCOVER_NODATA, ChunkPrediction
 from depthseg.model import normalize
 
-LANDCOVER_NODATA = 255
-CONFIDENCE_NODATA = 0
-
-
-@dataclass
-class ChunkPrediction:
-    """Outputs of one chunk, (row, col) arrays of the chunk size (halo cropped)."""
-
-    landcover: np.ndarray
-    confidence: np.ndarray
-    depth: np.ndarray
+__all__ = ["CONFIDENCE_NODATA", "LANDCOVER_NODATA", "ChunkPrediction", "ChunkPredictor",
+           "DeviceBlender", "encode", "encode_on_device", "pick_device"]
 
 
 def pick_device(gpus: int) -> torch.device:

@@ -36,7 +36,7 @@ from rio_cogeo.profiles import cog_profiles
 from depthseg.geo import ChunkId, OutputGrid
 from depthseg.io.bundle import Contract
 from depthseg.io.storage import Storage, join, temp_dir
-from depthseg.mapping.predict import CONFIDENCE_NODATA, LANDCOVER_NODATA, ChunkPrediction
+from depthseg.mapping.layers import CONFIDENCE_NODATA, LANDCOVER_NODATA, ChunkPrediction
 
 #: The overview COG of a layer stays at most this many pixels on its long side.
 OVERVIEW_MAX_PX = 8192

@@ -271,7 +271,7 @@ def bench_write(options: ProvinceOptions, size: int = 2048, repeats: int = 3) ->
     from depthseg.geo import ChunkId, TileSpec, plan_grid
     from depthseg.io.storage import Storage
     from depthseg.mapping import products
-    from depthseg.mapping.predict import ChunkPrediction
+    from depthseg.mapping.layers import ChunkPrediction
     from depthseg.mapping.stages import ChunkContext, write_products
     from depthseg.mapping.write import Mosaic
 

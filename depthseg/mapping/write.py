@@ -32,7 +32,7 @@ from pyproj import CRS as ProjCRS
 from depthseg.geo import ChunkId, OutputGrid
 from depthseg.io.chips import open_zarr_store
 from depthseg.io.storage import Storage, join, with_retries
-from depthseg.mapping.predict import CONFIDENCE_NODATA, LANDCOVER_NODATA, ChunkPrediction
+from depthseg.mapping.layers import CONFIDENCE_NODATA, LANDCOVER_NODATA, ChunkPrediction
 
 MOSAIC = "mosaic.zarr"
 DONE = "done"

@@ -23,8 +23,8 @@ from depthseg.io.lease import Lease
 from depthseg.io.s3server import LocalS3Server
 from depthseg.io.storage import Storage
 from depthseg.mapping import map_region
+from depthseg.mapping.layers import ChunkPrediction
 from depthseg.mapping.plan import MapRequest
-from depthseg.mapping.predict import ChunkPrediction
 from depthseg.mapping.stages import ChunkContext, write_products
 from depthseg.mapping.write import Mosaic
 
