@@ -82,6 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where chunks are written: separate Ray Data tasks (default with "
                              "GPUs) or the predict actor (default on CPU)")
     parser.add_argument("--resume", action="store_true", help="continue a run in --out")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="also write every class's probability: cog/probabilities/<chunk>.tif "
+                             "(uint8, one band per class, round(254 x p), 255 = no data) and "
+                             "cog/probabilities.vrt")
     parser.add_argument("--zarr-format", type=int, choices=(2, 3), default=3,
                         help="Zarr format of mosaic.zarr: 3 (default; zarr-python 3, xarray) "
                              "or 2 (also opened by GDAL and QGIS)")
@@ -140,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             executor="local" if args.local else "ray",
             bands=tuple(args.bands) if args.bands else None, scale=args.scale,
             offset=args.offset, lease_timeout_s=args.lease_timeout,
-            zarr_format=args.zarr_format)
+            zarr_format=args.zarr_format, probabilities=args.probabilities)
         report = map_region(request, storage, start_ray=start_ray,
                             command_start=COMMAND_START)
     except (RunError, LeaseLostError) as err:  # it had started: work is kept, run.json says why

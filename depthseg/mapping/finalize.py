@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import escape
 
 import numpy as np
 import pystac
@@ -42,6 +43,7 @@ from depthseg.geo import ChunkId, OutputGrid, PixelWindow
 from depthseg.io.bundle import Contract
 from depthseg.io.storage import Storage, join, temp_dir
 from depthseg.mapping import products, styles
+from depthseg.mapping.layers import PROBABILITY_NODATA, PROBABILITY_SCALE
 from depthseg.mapping.products import COG_DTYPE, NODATA, RESAMPLING
 
 if TYPE_CHECKING:
@@ -200,6 +202,36 @@ def _vrt(layer: str, grid: OutputGrid, extent: PixelWindow, chunks: list[ChunkId
     return "\n".join(lines).encode()
 
 
+def _probabilities_vrt(grid: OutputGrid, extent: PixelWindow, chunks: list[ChunkId],
+                       contract: Contract) -> bytes:
+    """A VRT over the per-class probability COGs: one band per class, named after it."""
+    a = grid.window_transform(extent)
+    size = grid.chunk_size
+    row0, col0 = grid.row_off // size, grid.col_off // size
+    lines = [f'<VRTDataset rasterXSize="{extent.width}" rasterYSize="{extent.height}">',
+             f"  <SRS>{rasterio.crs.CRS.from_string(grid.crs).to_wkt()}</SRS>",
+             f"  <GeoTransform>{a.c!r}, {a.a!r}, {a.b!r}, {a.f!r}, {a.d!r}, {a.e!r}"
+             "</GeoTransform>"]
+    for band, name in enumerate(contract.class_names, start=1):
+        lines += [f'  <VRTRasterBand dataType="Byte" band="{band}">',
+                  f"    <Description>{escape(name)}</Description>",
+                  f"    <NoDataValue>{PROBABILITY_NODATA}</NoDataValue>",
+                  "    <UnitType>1</UnitType>", "    <Offset>0</Offset>",
+                  f"    <Scale>{1 / PROBABILITY_SCALE!r}</Scale>"]
+        for chunk in chunks:
+            x_off = (chunk.col - col0) * size - extent.col_off
+            y_off = (chunk.row - row0) * size - extent.row_off
+            lines.append(
+                f'    <SimpleSource><SourceFilename relativeToVRT="1">{products.PROBABILITIES}/'
+                f"{chunk.key}.tif</SourceFilename><SourceBand>{band}</SourceBand>"
+                f'<SrcRect xOff="0" yOff="0" xSize="{size}" ySize="{size}"/>'
+                f'<DstRect xOff="{x_off}" yOff="{y_off}" xSize="{size}" ySize="{size}"/>'
+                "</SimpleSource>")
+        lines.append("  </VRTRasterBand>")
+    lines += ["</VRTDataset>", ""]
+    return "\n".join(lines).encode()
+
+
 def _item_index(plan: Plan, chunks: list[ChunkId], created: str) -> bytes:
     """A GeoParquet index of the run's Items, built with array arithmetic (no per-chunk I/O).
 
@@ -353,6 +385,10 @@ def finalize(out: str, storage: Storage, plan: Plan, mosaic: Mosaic, chunks: lis
             # QGIS applies <name>.qml beside <name>.vrt when it opens the VRT.
             storage.write_bytes_atomic(join(out, "cog", f"{layer}.qml"),
                                        styles.qml(layer, contract))
+        if plan.probabilities:
+            storage.write_bytes_atomic(join(out, "cog", f"{products.PROBABILITIES}.vrt"),
+                                       _probabilities_vrt(plan.grid, plan.bbox_window(),
+                                                          chunks, contract))
         timing["vrt"] = time.perf_counter() - start
         start = time.perf_counter()
         storage.write_bytes_atomic(join(out, "stac", "items.parquet"),

@@ -12,6 +12,9 @@ import numpy as np
 
 LANDCOVER_NODATA = 255
 CONFIDENCE_NODATA = 0
+#: Per-class probability rasters (``--probabilities``): ``round(254 x p)``, 255 = no data.
+PROBABILITY_SCALE = 254
+PROBABILITY_NODATA = 255
 
 
 @dataclass
@@ -21,3 +24,4 @@ class ChunkPrediction:
     landcover: np.ndarray
     confidence: np.ndarray
     depth: np.ndarray
+    probabilities: np.ndarray | None = None  # (classes, row, col) uint8, when asked for

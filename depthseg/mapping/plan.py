@@ -83,6 +83,8 @@ class MapRequest:
         scale: Multiply pixels by this before the model (e.g. float reflectance -> the
             bundle's integers); None: pixels go in as they are.
         offset: Add this after ``scale``.
+        probabilities: Also write every class's probability: a uint8 COG per chunk, one
+            band per class (``round(254 x p)``, 255 = no data), and ``cog/probabilities.vrt``.
         zarr_format: 3 (default) or 2: the mosaic's Zarr format. Version 2 is what GDAL's
             Zarr driver (and so QGIS) opens too; xarray reads both.
         lease_timeout_s: Seconds without a heartbeat after which another run's lease on
@@ -114,6 +116,7 @@ class MapRequest:
     offset: float = 0.0
     lease_timeout_s: float = 300.0
     zarr_format: int = 3
+    probabilities: bool = False
 
     def __post_init__(self) -> None:
         if self.zarr_format not in (2, 3):
@@ -156,6 +159,7 @@ class Plan:
         scale: ``(scale, offset)`` applied to pixels before the model, or None.
         notes: What the planner decided for the user (band matching, resolution, phase).
         zarr_format: The mosaic's Zarr format (2 or 3).
+        probabilities: Per-class probability COGs are written too.
     """
 
     grid: OutputGrid
@@ -168,6 +172,7 @@ class Plan:
     scale: tuple[float, float] | None = None
     notes: list[str] = field(default_factory=list)
     zarr_format: int = 3
+    probabilities: bool = False
 
     def clip_ring(self) -> list[tuple[float, float]]:
         """The bbox in the output CRS, edges densified: pixels outside it are no data."""
@@ -198,6 +203,8 @@ class Plan:
             data["scale"] = list(self.scale)
         if self.zarr_format != 3:  # plans of the default format hash as before
             data["zarr_format"] = self.zarr_format
+        if self.probabilities:
+            data["probabilities"] = True
         return data
 
     def to_json(self) -> bytes:
@@ -461,7 +468,7 @@ def make_plan(request: MapRequest, catalog: Catalog, contract: Contract) -> Plan
     return Plan(grid=grid, chunks=chunks, skipped=len(grid.chunks()) - len(chunks), tiles=tiles,
                 bands=bands, bbox={"bbox": list(request.bbox), "crs": request.bbox_crs},
                 resampling=resampling, scale=scale, notes=notes,
-                zarr_format=request.zarr_format)
+                zarr_format=request.zarr_format, probabilities=request.probabilities)
 
 
 def _union_bounds(catalog: Catalog, crs: str) -> tuple[float, ...]:

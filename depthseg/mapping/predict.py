@@ -27,7 +27,13 @@ from depthseg.errors import InputError
 from depthseg.geo import TileSpec, blend_weights, crop_halo
 from depthseg.geo.tiles import TileLayout, TileOffset, select_tiles
 from depthseg.io.bundle import Contract
-from depthseg.mapping.layers import CONFIDENCE_NODATA, LANDCOVER_NODATA, ChunkPrediction
+from depthseg.mapping.layers import (
+    CONFIDENCE_NODATA,
+    LANDCOVER_NODATA,
+    PROBABILITY_NODATA,
+    PROBABILITY_SCALE,
+    ChunkPrediction,
+)
 from depthseg.model import normalize
 
 __all__ = ["CONFIDENCE_NODATA", "LANDCOVER_NODATA", "ChunkPrediction", "ChunkPredictor",
@@ -106,7 +112,8 @@ class ChunkPredictor:
         probs, depth = self._forward(tiles)
         return probs.cpu(), (depth.cpu() if depth is not None else None)
 
-    def predict_chunk(self, pixels: np.ndarray, valid: np.ndarray) -> ChunkPrediction:
+    def predict_chunk(self, pixels: np.ndarray, valid: np.ndarray,
+                      probabilities: bool = False) -> ChunkPrediction:
         """Predict the chunk inside a chunk + halo area.
 
         Blending and encoding run on the model's device; only the three stored layers of
@@ -115,6 +122,8 @@ class ChunkPredictor:
         Args:
             pixels: (band, row, col) uint8/uint16, chunk + 2 * halo on each axis.
             valid: (row, col) bool, False where the imagery has no data.
+            probabilities: Also return every class's probability (uint8, see
+                :func:`encode_on_device`).
 
         Returns:
             The chunk's outputs with the halo cropped; no-data where ``valid`` is False.
@@ -143,7 +152,8 @@ class ChunkPredictor:
         halo = self.tiles.halo_px
         blended = blender.result()[:, halo:height - halo, halo:width - halo]
         chunk_valid = crop_halo(valid[:height, :width], halo)
-        return encode_on_device(blended, chunk_valid, has_depth=has_depth)
+        return encode_on_device(blended, chunk_valid, has_depth=has_depth,
+                                probabilities=probabilities)
 
 
 class DeviceBlender:
@@ -177,8 +187,12 @@ class DeviceBlender:
 
 
 def encode_on_device(blended: torch.Tensor, valid: np.ndarray,
-                     has_depth: bool) -> ChunkPrediction:
-    """Like :func:`encode`, on the device: only uint8/uint8/float16 layers are copied back."""
+                     has_depth: bool, probabilities: bool = False) -> ChunkPrediction:
+    """Like :func:`encode`, on the device: only uint8/uint8/float16 layers are copied back.
+
+    ``probabilities`` also returns each class's blended probability as uint8
+    ``round(254 x p)`` (255 = no data).
+    """
     probs, depth = blended[:-1], blended[-1]
     top, landcover = probs.max(dim=0)
     confidence = torch.clamp(torch.round(top * 255), 1, 255).to(torch.uint8)
@@ -189,9 +203,15 @@ def encode_on_device(blended: torch.Tensor, valid: np.ndarray,
     confidence = torch.where(mask, confidence, torch.zeros_like(confidence))
     nan = torch.full((), float("nan"), device=blended.device)
     depth16 = torch.where(mask, depth, nan) if has_depth else torch.full_like(depth, float("nan"))
+    per_class = None
+    if probabilities:
+        scaled = torch.round(probs * PROBABILITY_SCALE).clamp(0, PROBABILITY_SCALE)
+        per_class = torch.where(mask, scaled.to(torch.uint8), torch.full(
+            (), PROBABILITY_NODATA, dtype=torch.uint8, device=blended.device)).cpu().numpy()
     return ChunkPrediction(landcover=landcover.cpu().numpy(),
                            confidence=confidence.cpu().numpy(),
-                           depth=depth16.to(torch.float16).cpu().numpy())
+                           depth=depth16.to(torch.float16).cpu().numpy(),
+                           probabilities=per_class)
 
 
 def encode(blended: np.ndarray, valid: np.ndarray, has_depth: bool) -> ChunkPrediction:

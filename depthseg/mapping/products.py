@@ -36,7 +36,13 @@ from rio_cogeo.profiles import cog_profiles
 from depthseg.geo import ChunkId, OutputGrid
 from depthseg.io.bundle import Contract
 from depthseg.io.storage import Storage, join, temp_dir
-from depthseg.mapping.layers import CONFIDENCE_NODATA, LANDCOVER_NODATA, ChunkPrediction
+from depthseg.mapping.layers import (
+    CONFIDENCE_NODATA,
+    LANDCOVER_NODATA,
+    PROBABILITY_NODATA,
+    PROBABILITY_SCALE,
+    ChunkPrediction,
+)
 
 #: The overview COG of a layer stays at most this many pixels on its long side.
 OVERVIEW_MAX_PX = 8192
@@ -211,6 +217,43 @@ def write_cogs(out: str, storage: Storage, grid: OutputGrid, chunk: ChunkId,
             local = tmp / f"{layer}.tif"
             encode_cog(getattr(prediction, layer), layer, grid, chunk, contract, local)
             storage.upload(local, cog_uri(out, layer, chunk))
+        if prediction.probabilities is not None:
+            local = tmp / "probabilities.tif"
+            encode_probabilities(prediction.probabilities, grid, chunk, contract, local)
+            storage.upload(local, cog_uri(out, PROBABILITIES, chunk))
+
+
+#: The per-class probability COGs (``--probabilities``): one band per class.
+PROBABILITIES = "probabilities"
+
+
+def encode_probabilities(data: np.ndarray, grid: OutputGrid, chunk: ChunkId,
+                         contract: Contract, dst_path: Path) -> None:
+    """One chunk's class probabilities as a uint8 COG, one band per class (named after it).
+
+    Values are ``round(254 x p)`` (scale 1/254 in the band metadata); 255 is no data.
+    """
+    profile = {"driver": "GTiff", "height": data.shape[1], "width": data.shape[2],
+               "count": data.shape[0], "dtype": "uint8", "crs": grid.crs,
+               "transform": grid.chunk_transform(chunk), "nodata": PROBABILITY_NODATA}
+    with MemoryFile() as memfile:
+        with memfile.open(**profile) as mem:
+            mem.write(data)
+            for band, name in enumerate(contract.class_names, start=1):
+                mem.set_band_description(band, name)
+            mem.scales = (1 / PROBABILITY_SCALE,) * data.shape[0]
+            mem.offsets = (0.0,) * data.shape[0]
+        with memfile.open() as src:
+            tags = {"layer": PROBABILITIES, "chunk": chunk.key,
+                    "class_names": json.dumps(list(contract.class_names))}
+            cog_profile = dict(cog_profiles.get("deflate"), compress="ZSTD", zstd_level=3,
+                               blockxsize=min(512, -(-grid.chunk_size // 16) * 16),
+                               blockysize=min(512, -(-grid.chunk_size // 16) * 16))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Non-standard compression", UserWarning)
+                cog_translate(src, str(dst_path), cog_profile, overview_resampling="average",
+                              additional_cog_metadata=tags, quiet=True, in_memory=True,
+                              config={"GDAL_NUM_THREADS": "1"})
 
 
 # ------------------------------------------------------------------------------------------
@@ -267,7 +310,8 @@ def parse_time(text: str) -> datetime:
 
 
 def stac_item(grid: OutputGrid, chunk: ChunkId, contract: Contract,
-              acquired: tuple[str, str] | None, created: str) -> dict[str, Any]:
+              acquired: tuple[str, str] | None, created: str,
+              probabilities: bool = False) -> dict[str, Any]:
     """The STAC 1.1 Item of one chunk (projection v2.0.0, classification v2.0.0).
 
     Its ``datetime`` is the newest acquisition of the scenes under the chunk, with
@@ -295,6 +339,12 @@ def stac_item(grid: OutputGrid, chunk: ChunkId, contract: Contract,
             href=f"../../cog/{layer}/{chunk.key}.tif", title=title, description=description,
             media_type=pystac.MediaType.COG, roles=["data"],
             extra_fields=asset_fields(layer, contract)))
+    if probabilities:
+        item.add_asset(PROBABILITIES, pystac.Asset(
+            href=f"../../cog/{PROBABILITIES}/{chunk.key}.tif", title="Class probabilities",
+            description="One band per class (named after it): round(254 x p); 255 = no data.",
+            media_type=pystac.MediaType.COG, roles=["data"],
+            extra_fields={"data_type": "uint8", "nodata": PROBABILITY_NODATA}))
     for rel in (pystac.RelType.COLLECTION, pystac.RelType.PARENT, pystac.RelType.ROOT):
         item.add_link(pystac.Link(rel, "../collection.json", media_type=pystac.MediaType.JSON))
     return item.to_dict(include_self_link=False, transform_hrefs=False)

@@ -31,6 +31,7 @@ from depthseg.io.bundle import Bundle, Contract, load_bundle
 from depthseg.io.catalog import Scene, composite
 from depthseg.io.storage import Storage, retries_so_far, sweep_temp_dirs
 from depthseg.mapping import products
+from depthseg.mapping.layers import PROBABILITY_NODATA
 from depthseg.mapping.predict import ChunkPrediction, ChunkPredictor, pick_device
 from depthseg.mapping.write import LAYERS, Mosaic
 
@@ -59,6 +60,7 @@ class ChunkContext:
             while this run still holds the output's lease; "" writes without checking.
         clip: The bbox ring in the output CRS (:meth:`Plan.clip_ring`): pixels outside it
             are no data in every product; None maps whole chunks.
+        probabilities: Also write each chunk's per-class probabilities (a multi-band COG).
     """
 
     grid: OutputGrid
@@ -76,6 +78,7 @@ class ChunkContext:
     created: str = ""
     run_id: str = ""
     clip: tuple[tuple[float, float], ...] | None = None
+    probabilities: bool = False
 
     @property
     def pixel_dtype(self) -> str:
@@ -158,7 +161,8 @@ def write_products(ctx: ChunkContext, mosaic: Mosaic, chunk: ChunkId,
     mosaic.write_layers(ctx.grid, chunk, prediction, blocks, ctx.factor)
     if cogs:
         products.write_cogs(ctx.out, ctx.storage, ctx.grid, chunk, prediction, ctx.contract)
-    item = products.stac_item(ctx.grid, chunk, ctx.contract, acquired, ctx.created)
+    item = products.stac_item(ctx.grid, chunk, ctx.contract, acquired, ctx.created,
+                              probabilities=prediction.probabilities is not None)
     ctx.storage.write_bytes_atomic(products.item_uri(ctx.out, chunk),
                                    json.dumps(item, indent=2).encode())
     if ctx.run_id and not lease.holds(ctx.out, ctx.storage, ctx.run_id):
@@ -265,8 +269,9 @@ class ChunkPredictActor:
             if not error:
                 start = time.perf_counter()
                 try:
-                    prediction = self.predictor.predict_chunk(batch["pixels"][i],
-                                                              batch["valid"][i])
+                    prediction = self.predictor.predict_chunk(
+                        batch["pixels"][i], batch["valid"][i],
+                        probabilities=self.ctx.probabilities)
                     tiles = self.predictor.last_chunk_tiles
                 except Exception as err:  # noqa: BLE001 - fail the chunk, keep the run
                     error, detail = _error_text(err), _error_detail(err)
@@ -274,13 +279,20 @@ class ChunkPredictActor:
             for name, spec in LAYERS.items():
                 out[name].append(getattr(prediction, name) if prediction is not None else
                                  np.full((size, size), spec["fill_value"], spec["dtype"]))
+            if self.ctx.probabilities:
+                classes = len(self.predictor.contract.class_names)
+                out.setdefault("probabilities", []).append(
+                    prediction.probabilities if prediction is not None
+                    and prediction.probabilities is not None
+                    else np.full((classes, size, size), PROBABILITY_NODATA, np.uint8))
             for name, value in (("chunk", str(key)), ("acquired", str(batch["acquired"][i])),
                                 ("error", error), ("detail", detail),
                                 ("read_s", float(batch["read_s"][i])), ("predict_s", seconds),
                                 ("tiles", tiles), ("retries", int(batch["retries"][i])),
                                 ("first_tile_at", self.predictor.first_forward_at or 0.0)):
                 out[name].append(value)
-        rows = {name: np.stack(v) if name in LAYERS else np.array(v) for name, v in out.items()}
+        rows = {name: np.stack(v) if name in LAYERS or name == "probabilities" else np.array(v)
+                for name, v in out.items()}
         return write_batch(rows, self.ctx) if self.write else rows
 
 
@@ -306,8 +318,9 @@ def write_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, np
             start = time.perf_counter()
             try:
                 valid = write_products(ctx, mosaic, ChunkId.parse(str(key)), ChunkPrediction(
-                    **{name: batch[name][i] for name in LAYERS}),
-                    _acquired(str(batch["acquired"][i])))
+                    **{name: batch[name][i] for name in LAYERS},
+                    probabilities=batch["probabilities"][i] if "probabilities" in batch
+                    else None), _acquired(str(batch["acquired"][i])))
             except Exception as err:  # noqa: BLE001 - fail the chunk, keep the run
                 error, detail = _error_text(err), _error_detail(err)
             seconds = time.perf_counter() - start

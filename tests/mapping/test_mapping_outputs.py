@@ -317,3 +317,47 @@ def test_the_depth_layer_is_named_after_what_the_model_learnt() -> None:
     from depthseg.io.bundle import Contract
 
     assert Contract.from_dict(heights.to_dict()).depth_source == "height"
+
+
+def test_probabilities_on_request_are_a_band_per_class(synthetic_region: Any,
+                                                       bundle_uint16: str,
+                                                       tmp_path: Path) -> None:
+    from mapping_helpers import CLASS_NAMES
+
+    out = tmp_path / "probs"
+    report = map_region(region_request(synthetic_region, out, bundle_uint16, probabilities=True),
+                        log=lambda _: None)
+    assert report.ok and json.loads((out / "plan.json").read_text())["probabilities"] is True
+    mosaic = xr.open_zarr(out / "mosaic.zarr")
+    grid = report.plan.grid
+    for chunk in report.plan.chunks:
+        path = out / "cog" / "probabilities" / f"{chunk.key}.tif"
+        assert cog_validate(str(path), quiet=True)[0], path
+        with rasterio.open(path) as cog:
+            assert cog.count == len(CLASS_NAMES) and cog.descriptions == CLASS_NAMES
+            assert cog.nodata == 255 and cog.scales[0] == pytest.approx(1 / 254)
+            probs = cog.read()
+        window = grid.chunk_window(chunk)
+        rows = slice(window.row_off, window.row_off + window.height)
+        cols = slice(window.col_off, window.col_off + window.width)
+        landcover = mosaic["landcover"].values[rows, cols]
+        confidence = mosaic["confidence"].values[rows, cols].astype(int)
+        valid = landcover != 255
+        assert np.array_equal(valid, probs[0] != 255)
+        if not valid.any():
+            continue
+        p = probs[:, valid].astype(int)
+        # The classes sum to one, the land cover's class holds the top probability and its
+        # value is the confidence (up to uint8 rounding: this random model's classes are
+        # nearly tied, so only "top within one step" is exact).
+        assert np.abs(p.sum(axis=0) - 254).max() <= len(CLASS_NAMES)
+        chosen = p[landcover[valid], np.arange(p.shape[1])]
+        assert (chosen >= p.max(axis=0) - 1).all()
+        assert np.abs(p.max(axis=0) * 255 / 254 - confidence[valid]).max() <= 2
+        item = json.loads((out / "stac" / "items" / f"{chunk.key}.json").read_text())
+        assert item["assets"]["probabilities"]["href"].endswith(f"probabilities/{chunk.key}.tif")
+    with rasterio.open(out / "cog" / "probabilities.vrt") as vrt:
+        assert vrt.count == len(CLASS_NAMES) and vrt.descriptions == CLASS_NAMES
+        assert vrt.transform.almost_equals(grid.window_transform(report.plan.bbox_window()))
+        stacked = vrt.read()
+        assert (stacked[:, stacked[0] != 255].astype(int).sum(axis=0) >= 254 - 7).all()
