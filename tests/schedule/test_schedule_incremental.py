@@ -275,7 +275,8 @@ def test_a_run_folder_is_never_removed_on_a_read_error_or_while_in_use(scenario:
 
     storage = scenario["storage"]
     [region] = parse_regions(Path(scenario["regions"]).read_text(), "r")
-    run = plan_run(region, datetime(2026, 11, 29, 2, tzinfo=timezone.utc), storage,
+    # A fire time no other test of this module maps.
+    run = plan_run(region, datetime(2027, 1, 15, 2, tzinfo=timezone.utc), storage,
                    executor="local")
     # A folder at this fire time with other inputs: normally removed and started clean...
     plan_uri = f"{run.run_uri}/plan.json"
@@ -290,3 +291,5 @@ def test_a_run_folder_is_never_removed_on_a_read_error_or_while_in_use(scenario:
     with pytest.raises(DepthSegError, match="is not JSON"):
         execute_run(run, storage, log=lambda _: None)
     assert storage.read_bytes(plan_uri) == b'{"another": "plan"}'
+    fs, path = storage.fs(run.run_uri)
+    fs.rm(path, recursive=True)  # leave the module's scenario as it was
