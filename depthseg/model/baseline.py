@@ -19,7 +19,7 @@ from torchvision.models.segmentation import (
 
 from depthseg.errors import InputError
 from depthseg.model.config import ModelConfig
-from depthseg.model.depthseg import DepthSegOutput
+from depthseg.model.output import DepthSegOutput
 
 
 def _widen_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:

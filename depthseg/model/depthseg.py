@@ -8,32 +8,19 @@ that chooses between DepthSeg and the DeepLabv3 baseline.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from depthseg.errors import InputError
 from depthseg.model.adapter import build_adapter
+from depthseg.model.baseline import DeepLabV3Baseline
 from depthseg.model.config import ModelConfig
 from depthseg.model.decoder import SemanticDecoder
 from depthseg.model.dpt import DPTHead
 from depthseg.model.encoder import Encoder, load_encoder_weights
+from depthseg.model.output import DepthSegOutput
 from depthseg.model.prompter import DepthPrompter
-
-
-class DepthSegOutput(NamedTuple):
-    """What every segmentation model here returns.
-
-    Attributes:
-        logits: (B, K, H, W) class scores at the input size.
-        depths: Relative depth in [0, 1], finest first: (B, 1, H, W), (B, 1, H/2, W/2),
-            (B, 1, H/4, W/4) (sizes rounded up). Empty when the model has no depth branch
-            (depth prompter off, or the baseline); the loss then has no depth term.
-    """
-
-    logits: Tensor
-    depths: list[Tensor]
 
 
 class DepthSeg(nn.Module):
@@ -94,8 +81,6 @@ def build_model(cfg: ModelConfig, load_weights: bool = True) -> nn.Module:
                 load_encoder_weights(model.encoder, cfg.encoder.weights)
             return model
         case "deeplabv3":
-            from depthseg.model.baseline import DeepLabV3Baseline
-
             return DeepLabV3Baseline(cfg)
         case _:
             raise InputError(

@@ -215,7 +215,7 @@ def _read_state_dict(path: Path, expected: str) -> dict[str, Tensor]:
             f"encoder weights file {str(path)!r} could not be read ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}); expected a DINOv2 {expected} "
             "state dict saved with torch.save or safetensors; re-download the file"
-        ) from None
+        ) from err
     if not isinstance(loaded, dict):
         raise InputError(
             f"encoder weights file {str(path)!r} holds a {type(loaded).__name__}, not a state "
