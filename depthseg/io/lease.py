@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from depthseg.errors import InputError, StorageError
-from depthseg.io.storage import Storage, join, scheme_of, with_retries
+from depthseg.io.storage import Storage, join, process_alive, scheme_of, with_retries
 
 LEASE = "lease"
 #: A lease whose heartbeat is older than this is stale (taken over with a warning).
@@ -137,15 +137,7 @@ def is_fresh(record: LeaseRecord, stale_s: float = STALE_S) -> bool:
 
 def _process_gone(record: LeaseRecord) -> bool:
     """True when the holder ran on this host and its process no longer exists."""
-    if record.host != socket.gethostname():
-        return False
-    try:
-        os.kill(record.pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return record.host == socket.gethostname() and not process_alive(record.pid)
 
 
 class Lease:
@@ -197,15 +189,12 @@ class Lease:
                 if holder is not None:
                     break
             now = time.time()
-            if holder is not None:
-                age = now - holder.heartbeat
-                gone = _process_gone(holder)
-                if age < self.stale_s and not gone:
-                    raise InputError(
-                        f"output {self.out!r} is in use by {holder.describe(now)}; wait for "
-                        f"it to finish, or, if that run is dead, wait {self.stale_s - age:.0f} "
-                        f"s for its lease to go stale (or remove "
-                        f"{self._uri(holder.generation)!r})")
+            if holder is not None and is_fresh(holder, self.stale_s):
+                raise InputError(
+                    f"output {self.out!r} is in use by {holder.describe(now)}; wait for it to "
+                    f"finish, or, if that run is dead, wait "
+                    f"{self.stale_s - (now - holder.heartbeat):.0f} s for its lease to go "
+                    f"stale (or remove {self._uri(holder.generation)!r})")
             self.generation = (generations[-1] if generations else 0) + 1
             self.started = now
             if not _create_exclusive(self._uri(), self._record(now), self.storage):

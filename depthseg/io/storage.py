@@ -398,7 +398,8 @@ def temp_dir(kind: str) -> Iterator[Path]:
         yield Path(name)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -422,7 +423,7 @@ def sweep_temp_dirs(root: str | os.PathLike[str] | None = None) -> int:
         return 0
     for entry in entries:
         match = _TEMP_NAME.match(entry.name)
-        if match and entry.is_dir(follow_symlinks=False) and not _alive(int(match[1])):
+        if match and entry.is_dir(follow_symlinks=False) and not process_alive(int(match[1])):
             shutil.rmtree(entry.path, ignore_errors=True)
             removed += 1
     return removed

@@ -166,11 +166,7 @@ def _vrt(layer: str, grid: OutputGrid, extent: PixelWindow, chunks: list[ChunkId
     ``extent`` is the bbox's pixels: chunk tiles reach past it, with no data there.
     """
     dtype = {"uint8": "Byte", "float32": "Float32"}[COG_DTYPE[layer]]
-    a = grid.window_transform(extent)
-    lines = [f'<VRTDataset rasterXSize="{extent.width}" rasterYSize="{extent.height}">',
-             f"  <SRS>{rasterio.crs.CRS.from_string(grid.crs).to_wkt()}</SRS>",
-             f"  <GeoTransform>{a.c!r}, {a.a!r}, {a.b!r}, {a.f!r}, {a.d!r}, {a.e!r}"
-             "</GeoTransform>",
+    lines = [*_vrt_header(grid, extent),
              f'  <VRTRasterBand dataType="{dtype}" band="1">',
              f"    <NoDataValue>{'nan' if layer == 'depth' else int(NODATA[layer])}"
              "</NoDataValue>", *styles.vrt_band_lines(layer, contract)]
@@ -187,47 +183,50 @@ def _vrt(layer: str, grid: OutputGrid, extent: PixelWindow, chunks: list[ChunkId
               f'      <SourceFilename relativeToVRT="1">overview/{layer}.tif</SourceFilename>',
               "      <SourceBand>1</SourceBand>",
               "    </Overview>"]
+    lines += [*_vrt_sources(layer, 1, grid, extent, chunks),
+              "  </VRTRasterBand>", "</VRTDataset>", ""]
+    return "\n".join(lines).encode()
+
+
+def _vrt_header(grid: OutputGrid, extent: PixelWindow) -> list[str]:
+    """A VRT's opening, its CRS and geotransform over ``extent`` of the grid."""
+    a = grid.window_transform(extent)
+    return [f'<VRTDataset rasterXSize="{extent.width}" rasterYSize="{extent.height}">',
+            f"  <SRS>{rasterio.crs.CRS.from_string(grid.crs).to_wkt()}</SRS>",
+            f"  <GeoTransform>{a.c!r}, {a.a!r}, {a.b!r}, {a.f!r}, {a.d!r}, {a.e!r}"
+            "</GeoTransform>"]
+
+
+def _vrt_sources(folder: str, band: int, grid: OutputGrid, extent: PixelWindow,
+                 chunks: list[ChunkId]) -> list[str]:
+    """One ``SimpleSource`` per chunk COG of ``folder`` (band ``band``), placed in ``extent``."""
     size = grid.chunk_size
     row0, col0 = grid.row_off // size, grid.col_off // size
+    lines = []
     for chunk in chunks:
         x_off = (chunk.col - col0) * size - extent.col_off
         y_off = (chunk.row - row0) * size - extent.row_off
         lines.append(
-            f'    <SimpleSource><SourceFilename relativeToVRT="1">{layer}/{chunk.key}.tif'
-            '</SourceFilename><SourceBand>1</SourceBand>'
+            f'    <SimpleSource><SourceFilename relativeToVRT="1">{folder}/{chunk.key}.tif'
+            f'</SourceFilename><SourceBand>{band}</SourceBand>'
             f'<SrcRect xOff="0" yOff="0" xSize="{size}" ySize="{size}"/>'
             f'<DstRect xOff="{x_off}" yOff="{y_off}" xSize="{size}" ySize="{size}"/>'
             '</SimpleSource>')
-    lines += ["  </VRTRasterBand>", "</VRTDataset>", ""]
-    return "\n".join(lines).encode()
+    return lines
 
 
 def _probabilities_vrt(grid: OutputGrid, extent: PixelWindow, chunks: list[ChunkId],
                        contract: Contract) -> bytes:
     """A VRT over the per-class probability COGs: one band per class, named after it."""
-    a = grid.window_transform(extent)
-    size = grid.chunk_size
-    row0, col0 = grid.row_off // size, grid.col_off // size
-    lines = [f'<VRTDataset rasterXSize="{extent.width}" rasterYSize="{extent.height}">',
-             f"  <SRS>{rasterio.crs.CRS.from_string(grid.crs).to_wkt()}</SRS>",
-             f"  <GeoTransform>{a.c!r}, {a.a!r}, {a.b!r}, {a.f!r}, {a.d!r}, {a.e!r}"
-             "</GeoTransform>"]
+    lines = _vrt_header(grid, extent)
     for band, name in enumerate(contract.class_names, start=1):
         lines += [f'  <VRTRasterBand dataType="Byte" band="{band}">',
                   f"    <Description>{escape(name)}</Description>",
                   f"    <NoDataValue>{PROBABILITY_NODATA}</NoDataValue>",
                   "    <UnitType>1</UnitType>", "    <Offset>0</Offset>",
-                  f"    <Scale>{1 / PROBABILITY_SCALE!r}</Scale>"]
-        for chunk in chunks:
-            x_off = (chunk.col - col0) * size - extent.col_off
-            y_off = (chunk.row - row0) * size - extent.row_off
-            lines.append(
-                f'    <SimpleSource><SourceFilename relativeToVRT="1">{products.PROBABILITIES}/'
-                f"{chunk.key}.tif</SourceFilename><SourceBand>{band}</SourceBand>"
-                f'<SrcRect xOff="0" yOff="0" xSize="{size}" ySize="{size}"/>'
-                f'<DstRect xOff="{x_off}" yOff="{y_off}" xSize="{size}" ySize="{size}"/>'
-                "</SimpleSource>")
-        lines.append("  </VRTRasterBand>")
+                  f"    <Scale>{1 / PROBABILITY_SCALE!r}</Scale>",
+                  *_vrt_sources(products.PROBABILITIES, band, grid, extent, chunks),
+                  "  </VRTRasterBand>"]
     lines += ["</VRTDataset>", ""]
     return "\n".join(lines).encode()
 
