@@ -86,6 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also write every class's probability: cog/probabilities/<chunk>.tif "
                              "(uint8, one band per class, round(254 x p), 255 = no data) and "
                              "cog/probabilities.vrt")
+    parser.add_argument("--polygons", action="store_true",
+                        help="also write the land cover as polygons: a GeoParquet dataset in "
+                             "vector/landcover/ (class, class_name, pixels, area_m2, mean "
+                             "confidence), each polygon whole across chunk borders")
     parser.add_argument("--zarr-format", type=int, choices=(2, 3), default=3,
                         help="Zarr format of mosaic.zarr: 3 (default; zarr-python 3, xarray) "
                              "or 2 (also opened by GDAL and QGIS)")
@@ -144,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             executor="local" if args.local else "ray",
             bands=tuple(args.bands) if args.bands else None, scale=args.scale,
             offset=args.offset, lease_timeout_s=args.lease_timeout,
-            zarr_format=args.zarr_format, probabilities=args.probabilities)
+            zarr_format=args.zarr_format, probabilities=args.probabilities,
+            polygons=args.polygons)
         report = map_region(request, storage, start_ray=start_ray,
                             command_start=COMMAND_START)
     except (RunError, LeaseLostError) as err:  # it had started: work is kept, run.json says why

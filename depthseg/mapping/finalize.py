@@ -14,6 +14,8 @@ Outputs under ``<out>`` made here::
     stac/collection.json       the STAC Collection (item links for small runs)
     stac/items.parquet         a GeoParquet index of every Item (id, geometry, bbox, times,
                                hrefs): one file tools page through at province scale
+    vector/landcover/          with --polygons: the land-cover polygons, a GeoParquet dataset
+                               (:mod:`.polygons`; merged up a quadtree of chunks by Ray tasks)
     quicklook.png              land cover drawn from the overview COG, no-data transparent
 
 The driver never reads the full-resolution mosaic: it reads the overview level in strips of one
@@ -308,6 +310,12 @@ def _collection(out: str, storage: Storage, plan: Plan, chunks: list[ChunkId],
     collection.add_asset("items", pystac.Asset(
         href="./items.parquet", title="Item index (GeoParquet)",
         media_type="application/vnd.apache.parquet", roles=["metadata"]))
+    if plan.polygons:
+        collection.add_asset("polygons", pystac.Asset(
+            href="../vector/landcover/", title="Land-cover polygons (GeoParquet dataset)",
+            description="One polygon per 4-connected region of one class, whole across chunk "
+                        "borders: class, class_name, pixels, area_m2, confidence (mean, 0-1).",
+            media_type="application/vnd.apache.parquet", roles=["data"]))
     collection.add_link(pystac.Link(pystac.RelType.ROOT, "./collection.json",
                                     media_type=pystac.MediaType.JSON))
     if len(chunks) <= ITEM_LINKS_MAX:
@@ -394,6 +402,12 @@ def finalize(out: str, storage: Storage, plan: Plan, mosaic: Mosaic, chunks: lis
                                    _item_index(plan, chunks, created))
         _collection(out, storage, plan, chunks, contract, extent, created)
         timing["stac"] = time.perf_counter() - start
+        if plan.polygons:
+            from depthseg.mapping import polygons
+
+            start = time.perf_counter()
+            polygons.finalize(out, storage, plan.grid, chunks, contract.class_names)
+            timing["polygons"] = time.perf_counter() - start
         start = time.perf_counter()
         _quicklook(out, storage, contract, tmp)
         timing["quicklook"] = time.perf_counter() - start

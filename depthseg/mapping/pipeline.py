@@ -365,7 +365,8 @@ def _map_with_lease(request: MapRequest, storage: Storage, bundle: Bundle | None
                        scale=plan.scale, dtype=contract.input_dtype,
                        value_range=contract.value_range, contract=contract, factor=factor,
                        created=report.started_at, run_id=lease.run_id,
-                       clip=tuple(plan.clip_ring()), probabilities=plan.probabilities)
+                       clip=tuple(plan.clip_ring()), probabilities=plan.probabilities,
+                       polygons=plan.polygons)
     rows, extent = chunk_rows(catalog, plan, todo)
     report.seconds["plan"] = time.perf_counter() - started
     shown: set[str] = set()

@@ -85,6 +85,9 @@ class MapRequest:
         offset: Add this after ``scale``.
         probabilities: Also write every class's probability: a uint8 COG per chunk, one
             band per class (``round(254 x p)``, 255 = no data), and ``cog/probabilities.vrt``.
+        polygons: Also write the land cover as polygons: a GeoParquet dataset in
+            ``vector/landcover/``, each polygon whole across chunk borders
+            (:mod:`depthseg.mapping.polygons`).
         zarr_format: 3 (default) or 2: the mosaic's Zarr format. Version 2 is what GDAL's
             Zarr driver (and so QGIS) opens too; xarray reads both.
         lease_timeout_s: Seconds without a heartbeat after which another run's lease on
@@ -117,6 +120,7 @@ class MapRequest:
     lease_timeout_s: float = 300.0
     zarr_format: int = 3
     probabilities: bool = False
+    polygons: bool = False
 
     def __post_init__(self) -> None:
         if self.zarr_format not in (2, 3):
@@ -160,6 +164,7 @@ class Plan:
         notes: What the planner decided for the user (band matching, resolution, phase).
         zarr_format: The mosaic's Zarr format (2 or 3).
         probabilities: Per-class probability COGs are written too.
+        polygons: Land-cover polygons (GeoParquet) are written too.
     """
 
     grid: OutputGrid
@@ -173,6 +178,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     zarr_format: int = 3
     probabilities: bool = False
+    polygons: bool = False
 
     def clip_ring(self) -> list[tuple[float, float]]:
         """The bbox in the output CRS, edges densified: pixels outside it are no data."""
@@ -205,6 +211,8 @@ class Plan:
             data["zarr_format"] = self.zarr_format
         if self.probabilities:
             data["probabilities"] = True
+        if self.polygons:
+            data["polygons"] = True
         return data
 
     def to_json(self) -> bytes:
@@ -468,7 +476,8 @@ def make_plan(request: MapRequest, catalog: Catalog, contract: Contract) -> Plan
     return Plan(grid=grid, chunks=chunks, skipped=len(grid.chunks()) - len(chunks), tiles=tiles,
                 bands=bands, bbox={"bbox": list(request.bbox), "crs": request.bbox_crs},
                 resampling=resampling, scale=scale, notes=notes,
-                zarr_format=request.zarr_format, probabilities=request.probabilities)
+                zarr_format=request.zarr_format, probabilities=request.probabilities,
+                polygons=request.polygons)
 
 
 def _union_bounds(catalog: Catalog, crs: str) -> tuple[float, ...]:

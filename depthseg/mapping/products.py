@@ -8,8 +8,10 @@ For each chunk, in this order (all idempotent: a rewrite gives the same bytes):
    and depth) and the count of valid pixels under each block, from which the run's area is
    summed exactly without reading the mosaic again;
 3. its three COG tiles (``cog/<layer>/<chunk>.tif``);
-4. its STAC Item (``stac/items/<chunk>.json``);
-5. the done marker, last.
+4. with ``--polygons``, its polygons (``vector/chunks/<chunk>.parquet``, see
+   :mod:`depthseg.mapping.polygons`);
+5. its STAC Item (``stac/items/<chunk>.json``);
+6. the done marker, last.
 
 Nothing here runs per chunk on the driver: the driver only assembles per-run files from the
 overview level and the chunk list (:mod:`depthseg.mapping.finalize`).

@@ -61,6 +61,7 @@ class ChunkContext:
         clip: The bbox ring in the output CRS (:meth:`Plan.clip_ring`): pixels outside it
             are no data in every product; None maps whole chunks.
         probabilities: Also write each chunk's per-class probabilities (a multi-band COG).
+        polygons: Also polygonise each chunk's land cover (:mod:`.polygons`).
     """
 
     grid: OutputGrid
@@ -79,6 +80,7 @@ class ChunkContext:
     run_id: str = ""
     clip: tuple[tuple[float, float], ...] | None = None
     probabilities: bool = False
+    polygons: bool = False
 
     @property
     def pixel_dtype(self) -> str:
@@ -161,6 +163,11 @@ def write_products(ctx: ChunkContext, mosaic: Mosaic, chunk: ChunkId,
     mosaic.write_layers(ctx.grid, chunk, prediction, blocks, ctx.factor)
     if cogs:
         products.write_cogs(ctx.out, ctx.storage, ctx.grid, chunk, prediction, ctx.contract)
+    if ctx.polygons:
+        from depthseg.mapping import polygons
+
+        polygons.write_chunk(ctx.out, ctx.storage, ctx.grid, chunk, prediction.landcover,
+                             prediction.confidence)
     item = products.stac_item(ctx.grid, chunk, ctx.contract, acquired, ctx.created,
                               probabilities=prediction.probabilities is not None)
     ctx.storage.write_bytes_atomic(products.item_uri(ctx.out, chunk),

@@ -249,7 +249,8 @@ def carry_over(run: RunPlan, storage: Storage, contract: Contract,
     grid = run.plan.grid
     ctx = ChunkContext(grid=grid, tiles=run.plan.tiles, bands=run.plan.bands, out=run.run_uri,
                        storage=storage, contract=contract,
-                       factor=products.overview_factor(grid), created=products.now_text())
+                       factor=products.overview_factor(grid), created=products.now_text(),
+                       polygons=run.plan.polygons)
     _ = source.group, target.group  # open both once, before the threads share them
 
     def copy(chunk: ChunkId) -> None:

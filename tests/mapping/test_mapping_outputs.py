@@ -319,14 +319,13 @@ def test_the_depth_layer_is_named_after_what_the_model_learnt() -> None:
     assert Contract.from_dict(heights.to_dict()).depth_source == "height"
 
 
-def test_probabilities_on_request_are_a_band_per_class(synthetic_region: Any,
-                                                       bundle_uint16: str,
-                                                       tmp_path: Path) -> None:
+def test_probabilities_and_polygons_on_request(synthetic_region: Any, bundle_uint16: str,
+                                              tmp_path: Path) -> None:
     from mapping_helpers import CLASS_NAMES
 
     out = tmp_path / "probs"
-    report = map_region(region_request(synthetic_region, out, bundle_uint16, probabilities=True),
-                        log=lambda _: None)
+    report = map_region(region_request(synthetic_region, out, bundle_uint16, probabilities=True,
+                                       polygons=True), log=lambda _: None)
     assert report.ok and json.loads((out / "plan.json").read_text())["probabilities"] is True
     mosaic = xr.open_zarr(out / "mosaic.zarr")
     grid = report.plan.grid
@@ -361,3 +360,28 @@ def test_probabilities_on_request_are_a_band_per_class(synthetic_region: Any,
         assert vrt.transform.almost_equals(grid.window_transform(report.plan.bbox_window()))
         stacked = vrt.read()
         assert (stacked[:, stacked[0] != 255].astype(int).sum(axis=0) >= 254 - 7).all()
+    # The polygons are the mosaic's regions: drawn back they are its land cover, and there
+    # are as many as it has 4-connected regions (none cut at a chunk border).
+    import geopandas as gpd
+    from rasterio.features import rasterize
+    from scipy import ndimage
+
+    frame = gpd.read_parquet(out / "vector" / "landcover")
+    assert frame.crs.to_string() == grid.crs and frame.geometry.is_valid.all()
+    assert set(frame["class_name"]) <= set(CLASS_NAMES)
+    landcover = mosaic["landcover"].values
+    drawn = rasterize(zip(frame.geometry, frame["class"].astype(int), strict=True),
+                      out_shape=landcover.shape, transform=grid.transform, fill=255,
+                      dtype="uint8")
+    assert np.array_equal(drawn, landcover)
+    cross = ndimage.generate_binary_structure(2, 1)
+    regions = sum(ndimage.label(landcover == k, structure=cross)[1]
+                  for k in range(len(CLASS_NAMES)))
+    assert len(frame) == regions
+    size = grid.chunk_size * grid.resolution
+    spans = (frame.bounds.maxx - frame.bounds.minx > size) | (
+        frame.bounds.maxy - frame.bounds.miny > size)
+    assert spans.any()  # some polygon is wider than a chunk: merged across borders
+    collection = json.loads((out / "stac" / "collection.json").read_text())
+    assert collection["assets"]["polygons"]["href"] == "../vector/landcover/"
+    assert "polygons" in json.loads((out / "run.json").read_text())["finalise_seconds"]
