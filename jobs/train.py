@@ -27,7 +27,7 @@ from depthseg.errors import DepthSegError  # noqa: E402
 from depthseg.io.chips import ChipStore  # noqa: E402
 from depthseg.io.storage import Storage, join  # noqa: E402
 from depthseg.progress import quiet_ray  # noqa: E402
-from depthseg.train.loop import RunSpec, fit_config_to_store  # noqa: E402
+from depthseg.train.loop import RunSpec, check_encoder_weights, fit_config_to_store  # noqa: E402
 from depthseg.train.ray_train import Scaling, train, worker_input_error  # noqa: E402
 
 
@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true",
                    help="show Ray's own INFO messages (hidden by default)")
     p.add_argument("--ray-address", default=None, help="default: RAY_ADDRESS or a local Ray")
+    p.add_argument("--random-frozen-encoder", action="store_true",
+                   help="train a paper preset although its frozen encoder has no weights "
+                        "(encoder.weights: null); for smoke tests only")
     return p.parse_args(argv)
 
 
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
         overrides = parse_overrides(args.set)
         config = load_config(args.config, overrides)
+        check_encoder_weights(config, args.random_frozen_encoder)
         storage = Storage.from_env()
         # Everything the chip store can tell is checked here, before Ray starts: a mismatch
         # is one line in seconds, not a worker traceback retried max_failures times.

@@ -242,6 +242,8 @@ class EncoderConfig(_Section):
             an S/B/L-shaped model for tests.
         depth: Number of ViT blocks; ``None`` takes the preset.
         num_heads: Attention heads; ``None`` takes the preset.
+        registers: Register tokens: 0 (``dinov2_vit*14_pretrain.pth``) or 4 (the
+            ``*_reg4`` checkpoints).
     """
 
     _SECTION: ClassVar[str] = "encoder"
@@ -253,9 +255,13 @@ class EncoderConfig(_Section):
     embed_dim: int | None = None
     depth: int | None = None
     num_heads: int | None = None
+    registers: int = 0
 
     def __post_init__(self) -> None:
         _check_fields(self, "encoder")
+        _require(self.registers in (0, 4),
+                 f"encoder.registers={self.registers!r} is not 0 or 4; DINOv2 checkpoints have "
+                 "none (dinov2_vit*14_pretrain.pth) or 4 (dinov2_vit*14_reg4_pretrain.pth)")
         preset = encoder_preset(self.name)
         for name, default in (
             ("embed_dim", preset.embed_dim),

@@ -11,14 +11,23 @@ Two things a satellite image needs that DINOv2 does not do:
   (bilinear) to the nearest multiple. Resizing rather than padding keeps the image extent, so
   every output resized back to (H, W) lines up exactly; multiples of the patch (518, 126) skip
   the resampling.
-* **More than three bands.** The first three input bands go through DINOv2's pretrained RGB
-  filters unchanged; each extra band (NIR) gets its own patch filter, initialised to zero and
-  trainable even when the encoder is frozen. At step 0 the 4-band model equals the pretrained
-  RGB model; training then learns how much NIR to add.
+* **More than three bands.** The first three input bands go through the pretrained ViT
+  unchanged; the extra bands (NIR) go through a patch embedding *beside* it
+  (:class:`ExtraBandEmbed`), whose tokens are added to each of the four feature maps. It is
+  initialised to zero and always trainable, so at step 0 the 4-band model equals the
+  pretrained RGB model, and a frozen ViT still runs without autograd (the paper's
+  encoder-only and adapter rows compare what the paper compares).
+
+Position embeddings follow DINOv2's reference implementation, not timm's default: the stored
+37 x 37 grid is resampled bicubically *without* antialiasing, by the scale factor
+``(n + 0.1) / 37`` (DINOv2's ``interpolate_offset``), and left as it is for a square 37 x 37
+grid. So a pretrained checkpoint gives DINOv2's own features at any size (224, 742, 1036 px),
+not only at 518. ``*_reg4`` checkpoints (register tokens) load with ``encoder.registers: 4``.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -58,52 +67,105 @@ def fit_to_patch(images: Tensor, patch_size: int) -> Tensor:
     return F.interpolate(images, size=(fit_h, fit_w), mode="bilinear", align_corners=False)
 
 
-class BandExtendedConv2d(nn.Conv2d):
-    """A patch projection that keeps DINOv2's RGB filters and adds filters for extra bands.
+#: DINOv2's ``interpolate_offset``: the position grid is scaled by (n + 0.1) / 37.
+DINOV2_INTERPOLATE_OFFSET = 0.1
 
-    Its own ``weight``/``bias`` are the RGB projection, so checkpoints load under the usual
-    ``patch_embed.proj.*`` keys; the extra bands live in ``extra`` (no bias, zero init).
+
+def dinov2_interpolate_pos_embed(patch_pos: Tensor, rows: int, cols: int,
+                                 offset: float = DINOV2_INTERPOLATE_OFFSET) -> Tensor:
+    """Resample a square patch position grid as DINOv2's ``interpolate_pos_encoding`` does.
+
+    Args:
+        patch_pos: (1, M * M, D) position embeddings of the patches (no prefix tokens).
+        rows: Patch rows of the image.
+        cols: Patch columns of the image.
+        offset: DINOv2's ``interpolate_offset``.
+
+    Returns:
+        (1, rows * cols, D): bicubic, no antialiasing, scale factor ``(n + offset) / M`` per
+        axis (in float32, returned in the input's dtype); the grid itself when rows = cols = M.
+    """
+    count, dim = patch_pos.shape[1], patch_pos.shape[2]
+    side = math.isqrt(count)
+    assert side * side == count, f"position grid of {count} patches is not square"
+    if rows == cols == side:
+        return patch_pos
+    grid = patch_pos.float().reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, scale_factor=((rows + offset) / side, (cols + offset) / side),
+                         mode="bicubic", antialias=False)
+    assert grid.shape[-2:] == (rows, cols), (grid.shape, rows, cols)
+    return grid.permute(0, 2, 3, 1).reshape(1, rows * cols, dim).to(patch_pos.dtype)
+
+
+class DinoV2VisionTransformer(VisionTransformer):
+    """timm's ViT whose position embeddings are resampled the DINOv2 way (see the module)."""
+
+    def _pos_embed(self, x: Tensor) -> Tensor:
+        """Add position embeddings to (B, H, W, C) patch tokens and prepend the prefix tokens."""
+        batch, rows, cols, dim = x.shape
+        x = x.reshape(batch, rows * cols, dim)
+        prefix = 0 if self.no_embed_class else self.num_prefix_tokens
+        stored = self.pos_embed
+        assert stored is not None
+        pos = torch.cat([stored[:, :prefix],
+                         dinov2_interpolate_pos_embed(stored[:, prefix:], rows, cols)], dim=1)
+        tokens = []
+        if self.cls_token is not None:
+            tokens.append(self.cls_token.expand(batch, -1, -1))
+        if self.reg_token is not None:
+            tokens.append(self.reg_token.expand(batch, -1, -1))
+        if self.no_embed_class:  # registers: no position embedding on prefix tokens
+            x = torch.cat([*tokens, x + pos], dim=1)
+        else:
+            x = torch.cat([*tokens, x], dim=1) + pos
+        return cast(Tensor, self.pos_drop(x))
+
+
+class ExtraBandEmbed(nn.Module):
+    """Patch embedding of the bands after RGB, beside the ViT.
+
+    One strided convolution gives a token map per encoder layer; each is added to that layer's
+    ViT map. Zero-initialised (the RGB features are unchanged at step 0) and trainable even
+    when the ViT is frozen, which then needs no autograd.
+
+    Args:
+        extra_bands: Bands after the first three.
+        embed_dim: ViT width.
+        patch_size: ViT patch size.
+        maps: Feature maps to add to (the encoder's 4 layers).
     """
 
-    def __init__(self, rgb: nn.Conv2d, extra_bands: int) -> None:
-        super().__init__(
-            RGB_BANDS,
-            rgb.out_channels,
-            rgb.kernel_size,  # type: ignore[arg-type]
-            rgb.stride,  # type: ignore[arg-type]
-            bias=rgb.bias is not None,
-            device=rgb.weight.device,
-            dtype=rgb.weight.dtype,
-        )
-        with torch.no_grad():
-            self.weight.copy_(rgb.weight)
-            if self.bias is not None and rgb.bias is not None:
-                self.bias.copy_(rgb.bias)
-        self.extra = nn.Conv2d(
-            extra_bands,
-            rgb.out_channels,
-            rgb.kernel_size,  # type: ignore[arg-type]
-            rgb.stride,  # type: ignore[arg-type]
-            bias=False,
-            device=rgb.weight.device,
-            dtype=rgb.weight.dtype,
-        )
-        nn.init.zeros_(self.extra.weight)
+    def __init__(self, extra_bands: int, embed_dim: int, patch_size: int, maps: int = 4
+                 ) -> None:
+        super().__init__()
+        self.maps = maps
+        self.proj = nn.Conv2d(extra_bands, embed_dim * maps, patch_size, stride=patch_size)
+        nn.init.zeros_(self.proj.weight)
+        assert self.proj.bias is not None
+        nn.init.zeros_(self.proj.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Project (B, C, H, W) with C > 3 to patch tokens."""
-        return super().forward(x[:, :RGB_BANDS]) + self.extra(x[:, RGB_BANDS:])
+    def forward(self, bands: Tensor) -> list[Tensor]:
+        """(B, E, H, W) extra bands (H, W multiples of the patch) -> ``maps`` x (B, D, h, w)."""
+        return list(self.proj(bands).chunk(self.maps, dim=1))
 
 
 def _create(arch: str, kwargs: dict[str, Any]) -> VisionTransformer:
     # use_naflex=False pins the class: timm would otherwise read TIMM_USE_NAFLEXVIT.
     model = timm.create_model(arch, pretrained=False, use_naflex=False, **kwargs)
-    assert isinstance(model, VisionTransformer)
+    assert type(model) is VisionTransformer
+    # Same module tree and state dict; only the position-embedding resampling differs.
+    model.__class__ = DinoV2VisionTransformer
     return model
 
 
-def build_vit(cfg: EncoderConfig, in_channels: int = RGB_BANDS) -> VisionTransformer:
-    """The full (unpruned) timm ViT of ``cfg`` with random weights and no classifier head."""
+def build_vit(cfg: EncoderConfig) -> VisionTransformer:
+    """The full (unpruned) RGB ViT of ``cfg`` with random weights and no classifier head.
+
+    DINOv2's position-embedding resampling (:class:`DinoV2VisionTransformer`); with
+    ``cfg.registers`` the ``*_reg4_dinov2`` architecture.
+    """
+    reg = f"_reg{cfg.registers}" if cfg.registers else ""
+    vit: VisionTransformer
     common: dict[str, Any] = dict(
         img_size=DINOV2_POS_GRID * cfg.patch_size,
         patch_size=cfg.patch_size,
@@ -115,22 +177,20 @@ def build_vit(cfg: EncoderConfig, in_channels: int = RGB_BANDS) -> VisionTransfo
     )
     match cfg.name:
         case "tiny":
-            vit = VisionTransformer(**common, init_values=DINOV2_LAYER_SCALE_INIT)
+            vit = DinoV2VisionTransformer(**common, init_values=DINOV2_LAYER_SCALE_INIT,
+                                          reg_tokens=cfg.registers,
+                                          no_embed_class=cfg.registers > 0)
         case "vits":
-            vit = _create("vit_small_patch14_dinov2", common)
+            vit = _create(f"vit_small_patch14{reg}_dinov2", common)
         case "vitb":
-            vit = _create("vit_base_patch14_dinov2", common)
+            vit = _create(f"vit_base_patch14{reg}_dinov2", common)
         case "vitl":
-            vit = _create("vit_large_patch14_dinov2", common)
+            vit = _create(f"vit_large_patch14{reg}_dinov2", common)
         case _:
             raise InputError(
                 f"encoder.name={cfg.name!r} is not a known encoder; expected one of "
                 "tiny, vits, vitb, vitl; fix encoder.name in the model config"
             )
-    if in_channels > RGB_BANDS:
-        proj = vit.patch_embed.proj
-        assert isinstance(proj, nn.Conv2d)
-        vit.patch_embed.proj = BandExtendedConv2d(proj, in_channels - RGB_BANDS)
     return vit
 
 
@@ -139,7 +199,8 @@ class Encoder(nn.Module):
 
     Args:
         cfg: Encoder config (size, layers, freeze, patch size).
-        in_channels: Input bands; bands after the first three get extra patch filters.
+        in_channels: Input bands; bands after the first three go through
+            :class:`ExtraBandEmbed` beside the ViT.
     """
 
     def __init__(self, cfg: EncoderConfig, in_channels: int = RGB_BANDS) -> None:
@@ -150,20 +211,16 @@ class Encoder(nn.Module):
         self.embed_dim = cfg.embed_dim
         self.patch_size = cfg.patch_size
         self.in_channels = in_channels
-        self.vit = build_vit(cfg, in_channels)
+        self.vit = build_vit(cfg)
+        self.extra_bands = (ExtraBandEmbed(in_channels - RGB_BANDS, cfg.embed_dim,
+                                           cfg.patch_size, len(self.layers))
+                            if in_channels > RGB_BANDS else None)
         # The final LayerNorm is kept: intermediates are normalised as Depth Anything does.
         self.vit.prune_intermediate_layers(self.layers, prune_norm=False, prune_head=True)
         self.frozen = cfg.freeze
         if self.frozen:
             self.vit.requires_grad_(False)
             self.vit.eval()
-            for p in self.extra_band_parameters():
-                p.requires_grad_(True)
-
-    def extra_band_parameters(self) -> list[nn.Parameter]:
-        """The patch filters of bands beyond RGB: trainable even in a frozen encoder."""
-        proj = self.vit.patch_embed.proj
-        return list(proj.extra.parameters()) if isinstance(proj, BandExtendedConv2d) else []
 
     def train(self, mode: bool = True) -> Encoder:
         """Set training mode, but keep a frozen ViT in eval mode (no dropout/drop-path drift)."""
@@ -182,13 +239,17 @@ class Encoder(nn.Module):
             4 maps (B, D, h, w), h = round(H / patch), w = round(W / patch), shallow to deep.
         """
         x = fit_to_patch(images, self.patch_size)
-        # A fully frozen encoder needs no autograd graph: saves the activations of every block.
-        no_grad = self.frozen and not any(p.requires_grad for p in self.extra_band_parameters())
-        with torch.no_grad() if no_grad else nullcontext():
+        # A frozen ViT needs no autograd graph (the extra bands bypass it): no activations of
+        # any block are kept.
+        with torch.no_grad() if self.frozen else nullcontext():
             maps = self.vit.forward_intermediates(
-                x, indices=self.layers, norm=True, output_fmt="NCHW", intermediates_only=True
+                x[:, :RGB_BANDS], indices=self.layers, norm=True, output_fmt="NCHW",
+                intermediates_only=True
             )
-        return list(cast(list[Tensor], maps))
+        maps = list(cast(list[Tensor], maps))
+        if self.extra_bands is not None:
+            maps = [m + e for m, e in zip(maps, self.extra_bands(x[:, RGB_BANDS:]), strict=True)]
+        return maps
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,6 +339,15 @@ def load_encoder_weights(encoder: Encoder, source: str | Path | Mapping[str, Ten
             f"encoder weights {origin} are in Hugging Face transformers (Dinov2Model) layout; "
             "expected Meta .pth or timm safetensors; use the timm/vit_*_patch14_dinov2 files"
         )
+    registers = state_dict.get("register_tokens", state_dict.get("reg_token"))
+    found = int(registers.shape[1]) if registers is not None else 0
+    if found != cfg.registers:
+        kind = f"{found} register tokens (a *_reg{found} checkpoint)" if found else \
+            "no register tokens"
+        raise InputError(
+            f"encoder weights {origin} have {kind}, but encoder.registers is {cfg.registers}; "
+            f"set encoder.registers: {found} in the model config"
+        )
     dim, depth = _describe(state_dict)
     if (dim, depth) != (cfg.embed_dim, cfg.full_depth):
         raise InputError(
@@ -294,7 +364,6 @@ def load_encoder_weights(encoder: Encoder, source: str | Path | Mapping[str, Ten
         and not k.startswith(("head.", "fc_norm."))
     }
     missing, unexpected = encoder.vit.load_state_dict(converted, strict=False)
-    missing = [k for k in missing if not k.startswith("patch_embed.proj.extra.")]
     if missing or unexpected:
         raise InputError(
             f"encoder weights {origin} do not fit {expected}: missing {missing[:3]}, "
@@ -315,9 +384,11 @@ def patch_grid(height: int, width: int, patch_size: int) -> tuple[int, int]:
 
 
 __all__ = [
-    "BandExtendedConv2d",
+    "DinoV2VisionTransformer",
     "Encoder",
+    "ExtraBandEmbed",
     "build_vit",
+    "dinov2_interpolate_pos_embed",
     "count_parameters",
     "fit_to_patch",
     "load_encoder_weights",

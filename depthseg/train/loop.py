@@ -116,6 +116,28 @@ class Hooks:
             persist_checkpoint(checkpoint, self.spec.run_dir, epoch, self.spec.storage)
 
 
+#: Where the official DINOv2 checkpoints come from (Meta's downloads; timm's safetensors work
+#: too: timm/vit_{small,base,large}_patch14_dinov2.lvd142m on the Hugging Face Hub).
+DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_{0}14/dinov2_{0}14_pretrain.pth"
+
+
+def check_encoder_weights(config: Config, allow_random: bool = False) -> None:
+    """Refuse to train a paper preset whose frozen encoder would stay randomly initialised.
+
+    The paper freezes a *pretrained* DINOv2: a frozen random ViT only trains the heads on
+    noise features, and the run would look fine while mapping nothing. The ``tiny`` preset
+    (tests, CPU demo) is exempt; ``allow_random`` (``--random-frozen-encoder``) trains anyway.
+    """
+    encoder = config.model.encoder
+    if (config.model.arch == "depthseg" and encoder.freeze and encoder.weights is None
+            and encoder.name != "tiny" and not allow_random):
+        raise InputError(
+            f"encoder {encoder.name} is frozen (encoder.freeze: true) but encoder.weights is "
+            f"null, so it would stay random; download {DINOV2_URL.format(encoder.name)} and set "
+            "encoder.weights to its path or s3:// URI (--set encoder.weights=PATH), or pass "
+            "--random-frozen-encoder to train the heads on a random encoder anyway")
+
+
 def fit_config_to_store(config: Config, store: ChipStore,
                         explicit: Collection[str] = ()) -> Config:
     """The config with the store's class count, checked against the store before training.

@@ -110,7 +110,8 @@ def test_extra_band_starts_at_zero_so_rgb_features_are_unchanged():
     with torch.no_grad():
         for got, want in zip(rgbn(images), rgb(images[:, :3]), strict=True):
             torch.testing.assert_close(got, want)
-    assert [p.requires_grad for p in rgbn.parameters()].count(True) == 1
+    trainable = {n for n, p in rgbn.named_parameters() if p.requires_grad}
+    assert trainable == {"extra_bands.proj.weight", "extra_bands.proj.bias"}
 
 
 def test_build_model_loads_configured_weights(tmp_path, shrunk):
@@ -160,3 +161,111 @@ def test_unreadable_file_and_remote_uri_and_hf_layout_are_clear_errors(tmp_path)
     hf = {"embeddings.patch_embeddings.projection.weight": torch.zeros(64, 3, 14, 14)}
     with pytest.raises(InputError, match="transformers"):
         load_encoder_weights(encoder, hf)
+
+
+# ------------------------------------------------------------------------------------------
+# DINOv2's own position-embedding interpolation
+
+
+def _reference_interpolate(pos_embed: torch.Tensor, height: int, width: int, patch: int
+                           ) -> torch.Tensor:
+    """DINOv2's ``interpolate_pos_encoding`` formula, written from its paper code's rule.
+
+    ``pos_embed`` is (1, 1 + M * M, D) with the class token first; the image is (height,
+    width). Bicubic, no antialiasing, scale factor (n + 0.1) / M, nothing done for a square
+    image of M x M patches.
+    """
+    import math
+
+    count = pos_embed.shape[1] - 1
+    side = int(math.sqrt(count))
+    rows, cols = height // patch, width // patch
+    if rows * cols == count and height == width:
+        return pos_embed
+    grid = pos_embed[:, 1:].float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(
+        grid, scale_factor=(float(rows + 0.1) / side, float(cols + 0.1) / side),
+        mode="bicubic", antialias=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)
+    return torch.cat([pos_embed[:, :1], grid], dim=1)
+
+
+def _reference_tokens(vit, images: torch.Tensor) -> torch.Tensor:
+    """Patch tokens + class token + DINOv2 position embeddings, as DINOv2 prepares them."""
+    x = vit.patch_embed(images).flatten(1, 2)
+    x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+    patch = vit.patch_embed.patch_size[0]
+    return x + _reference_interpolate(vit.pos_embed, *images.shape[-2:], patch)
+
+
+@pytest.mark.parametrize("size", [224, 126, 518, 742, 1036])
+def test_position_embeddings_follow_dinov2_at_any_size(size):
+    torch.manual_seed(0)
+    vit = build_vit(TINY).eval()
+    with torch.no_grad():
+        vit.pos_embed.normal_()  # a learnt-looking grid, not timm's near-zero init
+        images = torch.randn(1, 3, size, size + 14)  # non-square too
+        got = vit._pos_embed(vit.patch_embed(images))
+        want = _reference_tokens(vit, images)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        if size != 518:
+            # timm's default (antialiased, resized to the exact size) is measurably different.
+            from timm.layers import resample_abs_pos_embed
+
+            grid = vit.patch_embed(images).shape[1:3]
+            timm_pos = resample_abs_pos_embed(vit.pos_embed, new_size=grid, old_size=(37, 37),
+                                              num_prefix_tokens=1)
+            assert not torch.allclose(timm_pos, _reference_interpolate(
+                vit.pos_embed, *images.shape[-2:], 14), atol=1e-4)
+
+
+def test_square_518_keeps_the_stored_grid_exactly():
+    torch.manual_seed(0)
+    vit = build_vit(TINY).eval()
+    images = torch.randn(1, 3, 518, 518)
+    with torch.no_grad():
+        tokens = vit.patch_embed(images).flatten(1, 2)
+        got = vit._pos_embed(vit.patch_embed(images))
+    torch.testing.assert_close(got[:, 1:], tokens + vit.pos_embed[:, 1:], rtol=0, atol=0)
+
+
+def _reg4_meta_layout(vit) -> dict[str, torch.Tensor]:
+    """A reg4 DINOv2 checkpoint as Meta stores it: register_tokens, class pos in pos_embed."""
+    state = {k: v.clone() for k, v in vit.state_dict().items()
+             if k not in ("reg_token", "cls_token", "pos_embed")}
+    cls_pos = torch.randn(1, 1, vit.embed_dim)
+    state["pos_embed"] = torch.cat([cls_pos, vit.pos_embed.detach()], dim=1)
+    state["cls_token"] = vit.cls_token.detach() - cls_pos
+    state["register_tokens"] = vit.reg_token.detach().clone()
+    state["mask_token"] = torch.zeros(1, vit.embed_dim)
+    return state
+
+
+def test_reg4_checkpoints_load_with_registers_and_are_refused_without():
+    cfg = EncoderConfig(name="vits", embed_dim=32, num_heads=2, registers=4)
+    source, target = _encoder(cfg, 0), _encoder(cfg, 1)
+    assert source.vit.reg_token.shape == (1, 4, 32)
+    load_encoder_weights(target, _reg4_meta_layout(source.vit))
+    images = torch.randn(1, 3, 70, 98)
+    with torch.no_grad():
+        for got, want in zip(target(images), source(images), strict=True):
+            torch.testing.assert_close(got, want)
+    plain = _encoder(S_SHAPED, 0)
+    with pytest.raises(InputError, match=r"4 register tokens .*set encoder.registers: 4"):
+        load_encoder_weights(plain, _reg4_meta_layout(source.vit))
+    with pytest.raises(InputError, match=r"no register tokens.*set encoder.registers: 0"):
+        load_encoder_weights(_encoder(cfg, 2), _meta_layout(plain.vit))
+    with pytest.raises(InputError, match=r"encoder.registers=2 is not 0 or 4"):
+        EncoderConfig(name="vits", registers=2)
+
+
+def test_a_frozen_vit_runs_without_autograd_with_extra_bands():
+    encoder = _encoder(S_SHAPED, 0, in_channels=4).train()
+    seen = []
+    encoder.vit.blocks[0].register_forward_hook(
+        lambda *_: seen.append(torch.is_grad_enabled()))
+    maps = encoder(torch.randn(2, 4, 56, 56))
+    assert seen == [False]  # no activation of the ViT is kept for backward
+    sum(m.sum() for m in maps).backward()
+    assert encoder.extra_bands.proj.weight.grad is not None
+    assert all(p.grad is None for p in encoder.vit.parameters())

@@ -56,7 +56,7 @@ def test_forward_backward_shapes_and_gradients(shrunk, name, hw):
     parts.loss.backward()
 
     for pname, p in model.named_parameters():
-        if pname.startswith("encoder.") and "patch_embed.proj.extra" not in pname:
+        if pname.startswith("encoder.") and not pname.startswith("encoder.extra_bands."):
             assert p.grad is None, f"frozen {pname} got a gradient"
         else:
             assert p.grad is not None, f"trainable {pname} got no gradient"
@@ -68,7 +68,8 @@ def test_frozen_encoder_stays_in_eval_mode(shrunk):
     assert not model.encoder.vit.training
     assert model.adapter.training and model.decoder.training
     trainable = {n for n, p in model.encoder.named_parameters() if p.requires_grad}
-    assert trainable == {"vit.patch_embed.proj.extra.weight"}  # 4-band S-shaped model
+    # 4-band S-shaped model: only the extra-band embedding beside the ViT trains.
+    assert trainable == {"extra_bands.proj.weight", "extra_bands.proj.bias"}
 
 
 def test_unfrozen_encoder_trains(shrunk):

@@ -74,3 +74,18 @@ def test_store_without_depth_and_a_prompter_is_refused(five_class_store):
     with pytest.raises(InputError, match="holds no depth"):
         fit_config_to_store(config, ChipStore.open(five_class_store))
     assert np.isfinite(ChipStore.open(five_class_store).stats["std"]).all()
+
+
+@pytest.mark.parametrize("preset", ["vits", "vitb", "vitl"])
+def test_a_paper_preset_without_encoder_weights_is_refused(preset, tmp_path, capsys):
+    # Before anything is opened: the chip store need not exist for this to be said.
+    argv = ["--config", str(REPO / "configs" / f"{preset}.yaml"), "--chips",
+            str(tmp_path / "no-store"), "--storage", str(tmp_path / "runs")]
+    assert train_job.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"encoder {preset} is frozen (encoder.freeze: true) but encoder.weights is null" in err
+    assert f"dinov2_{preset}14_pretrain.pth" in err and "--set encoder.weights=" in err
+    # With the flag (or weights) it goes on, and fails on the missing store instead.
+    assert train_job.main([*argv, "--random-frozen-encoder"]) == 2
+    assert "frozen" not in capsys.readouterr().err
