@@ -41,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--label-map", help="YAML file mapping raw label values to class names "
                      "(others ignored), e.g. '1: building' per line; see docs/TRAINING.md")
     depth = p.add_argument_group("depth (one of)")
-    depth.add_argument("--teacher", help="Depth Anything folder (Hugging Face format)")
+    depth.add_argument("--teacher", help="Depth Anything: a Hugging Face folder, or an official "
+                       "depth_anything_v2_vit{s,b,l}.pth file (path or s3://)")
     depth.add_argument("--height", help="DSM/nDSM raster in metres")
     depth.add_argument("--no-depth", action="store_true", help="store no depth")
     p.add_argument("--bands", nargs="+", type=int,

@@ -124,9 +124,14 @@ def load_teacher(
     config: TeacherConfig | None = None,
     device: str | torch.device = "cpu",
 ) -> DepthTeacher:
-    """A Depth Anything teacher from a local folder or an ``s3://`` prefix (HF format)."""
+    """A Depth Anything teacher from a local path or ``s3://`` URI.
+
+    A Hugging Face folder (``config.json`` + ``model.safetensors``) or an official
+    Depth-Anything-V2 checkpoint file (``depth_anything_v2_vit*.pth``, converted on load).
+    """
     # Local import: transformers is slow to import and only preparation needs the teacher.
     from depthseg.model.teacher import DepthTeacher, TeacherConfig
 
-    local = fetch_dir(uri, storage)
+    official = uri.rstrip("/").endswith((".pth", ".pt"))
+    local = fetch_file(uri, storage) if official else fetch_dir(uri, storage)
     return DepthTeacher.from_pretrained(local, config or TeacherConfig(), device)

@@ -16,20 +16,36 @@ an image with zero percentile spread (flat terrain) maps to 0.
 Depth Anything needs 8-bit RGB: ``rgb_indices`` picks red, green, blue (``(2, 1, 0)``
 for GaoFen-2's B, G, R, NIR) and non-``uint8`` input is stretched by :func:`to_uint8`.
 
-Weights come from a local Hugging Face directory only (an ``s3://`` model is first
-downloaded by :mod:`depthseg.io`); nothing is fetched from the Hub.
+Weights come from a local Hugging Face directory (``config.json`` + ``model.safetensors``)
+or an official Depth-Anything-V2 checkpoint (``depth_anything_v2_vit{s,b,l}.pth``), whose
+state dict is converted in code (:func:`convert_official_v2`); an ``s3://`` model is first
+downloaded by :mod:`depthseg.io`. Nothing is fetched from the Hub.
+
+**Preprocessing** follows the official ``infer_image`` recipe: the short side resized to
+518 px, the long side keeping the aspect ratio and rounded to a multiple of 14 (its
+``lower_bound`` / ``ensure_multiple_of=14`` rule), bicubic without antialiasing and without
+clamping (OpenCV's ``INTER_CUBIC`` on a float image), ImageNet normalisation, and DINOv2's
+own position-embedding resampling in the backbone (transformers' port resizes the grid
+differently); the output
+resized back bilinearly with ``align_corners=True``. Remaining differences: imagery that is
+not 8-bit RGB is stretched to uint8 first (:func:`to_uint8`), the bicubic kernel is
+PyTorch's (OpenCV's has the same ``a = -0.75`` and pixel-centre convention, but border
+handling differs), and CUDA runs in bf16 autocast.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
 
 from depthseg.errors import InputError
 from depthseg.model.depthnorm import (
@@ -39,10 +55,12 @@ from depthseg.model.depthnorm import (
     normalize_depth,
     to_uint8,
 )
+from depthseg.model.encoder import dinov2_interpolate_pos_embed
 
 __all__ = [
     "DepthTeacher",
     "TeacherConfig",
+    "convert_official_v2",
     "depth_from_height",
     "load_teacher_model",
     "normalize_depth",
@@ -136,10 +154,152 @@ def tiny_teacher_config(
     )
 
 
-def load_teacher_model(path: str | Path) -> DepthAnythingForDepthEstimation:
-    """Load Depth Anything (V1 or V2) on the CPU, in eval mode, from a local directory.
+class _DinoV2Embeddings(Dinov2Embeddings):
+    """transformers' DINOv2 embeddings with DINOv2's own position resampling.
 
-    ``path`` holds ``config.json`` and ``model.safetensors`` as ``save_pretrained`` wrote.
+    transformers resizes the position grid to the exact patch count; DINOv2 (and so the
+    official Depth Anything) scales it by ``(n + 0.1) / 37`` (see
+    :func:`~depthseg.model.encoder.dinov2_interpolate_pos_embed`). Away from the 518 px square
+    the two give different depth; this keeps the official one.
+    """
+
+    def interpolate_pos_encoding(self, embeddings: Tensor, height: int, width: int) -> Tensor:
+        """Class + patch position embeddings for an image of ``height`` x ``width`` pixels."""
+        patch = self.patch_embeddings.patch_size
+        rows, cols = height // patch[0], width // patch[1]
+        stored = self.position_embeddings
+        patches = dinov2_interpolate_pos_embed(stored[:, 1:], rows, cols)
+        return torch.cat([stored[:, :1], patches.to(stored.dtype)], dim=1)
+
+
+def _official_interpolation(model: DepthAnythingForDepthEstimation) -> None:
+    """Swap the backbone's embeddings class in place (same parameters, DINOv2's resampling)."""
+    embeddings = getattr(model.backbone, "embeddings", None)
+    if type(embeddings) is Dinov2Embeddings:
+        embeddings.__class__ = _DinoV2Embeddings
+
+
+#: The blocks the official Depth-Anything-V2 taps, by encoder width (``intermediate_layer_idx``).
+OFFICIAL_V2_LAYERS = {384: [2, 5, 8, 11], 768: [2, 5, 8, 11], 1024: [4, 11, 17, 23]}
+
+
+def _official_v2_config(state: dict[str, Tensor]) -> DepthAnythingConfig:
+    """The transformers config of an official V2 state dict, read from its tensor shapes."""
+    width = int(state["pretrained.patch_embed.proj.weight"].shape[0])
+    patch = int(state["pretrained.patch_embed.proj.weight"].shape[-1])
+    blocks = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("pretrained.blocks."))
+    grid = int(state["pretrained.pos_embed"].shape[1] - 1) ** 0.5
+    layers = OFFICIAL_V2_LAYERS.get(width)
+    if layers is None or layers[-1] >= blocks:  # a scaled-down layout (tests): evenly spaced
+        layers = [round(blocks * k / 4) - 1 for k in range(1, 5)]
+    backbone = Dinov2Config(
+        hidden_size=width, num_hidden_layers=blocks, num_attention_heads=max(1, width // 64),
+        mlp_ratio=int(state["pretrained.blocks.0.mlp.fc1.weight"].shape[0]) // width,
+        image_size=int(round(grid)) * patch, patch_size=patch,
+        # Hugging Face counts the embeddings as stage 0: block i is stage i + 1.
+        out_indices=[i + 1 for i in layers],  # type: ignore[call-arg]
+        reshape_hidden_states=False)
+    return DepthAnythingConfig(
+        backbone_config=backbone, patch_size=patch, reassemble_hidden_size=width,
+        neck_hidden_sizes=[int(state[f"depth_head.projects.{i}.weight"].shape[0])
+                           for i in range(4)],
+        fusion_hidden_size=int(state["depth_head.scratch.layer1_rn.weight"].shape[0]),
+        head_hidden_size=int(state["depth_head.scratch.output_conv2.0.weight"].shape[0]),
+        depth_estimation_type="relative", max_depth=1)
+
+
+def _official_v2_key(key: str) -> str | None:
+    """The transformers name of one official V2 tensor (None: dropped, e.g. qkv, handled apart)."""
+    rules = [
+        (r"pretrained\.cls_token", "backbone.embeddings.cls_token"),
+        (r"pretrained\.mask_token", "backbone.embeddings.mask_token"),
+        (r"pretrained\.pos_embed", "backbone.embeddings.position_embeddings"),
+        (r"pretrained\.patch_embed\.proj\.", "backbone.embeddings.patch_embeddings.projection."),
+        (r"pretrained\.blocks\.(\d+)\.norm(\d)\.", r"backbone.encoder.layer.\1.norm\2."),
+        (r"pretrained\.blocks\.(\d+)\.attn\.proj\.",
+         r"backbone.encoder.layer.\1.attention.o_proj."),
+        (r"pretrained\.blocks\.(\d+)\.ls(\d)\.gamma",
+         r"backbone.encoder.layer.\1.layer_scale\2.lambda1"),
+        (r"pretrained\.blocks\.(\d+)\.mlp\.", r"backbone.encoder.layer.\1.mlp."),
+        (r"pretrained\.norm\.", "backbone.layernorm."),
+        (r"depth_head\.projects\.(\d)\.", r"neck.reassemble_stage.layers.\1.projection."),
+        (r"depth_head\.resize_layers\.(\d)\.", r"neck.reassemble_stage.layers.\1.resize."),
+        (r"depth_head\.scratch\.output_conv1\.", "head.conv1."),
+        (r"depth_head\.scratch\.output_conv2\.0\.", "head.conv2."),
+        (r"depth_head\.scratch\.output_conv2\.2\.", "head.conv3."),
+    ]
+    for pattern, target in rules:
+        if re.match(pattern, key):
+            return re.sub(pattern, target, key)
+    if match := re.match(r"depth_head\.scratch\.layer(\d)_rn\.", key):
+        return f"neck.convs.{int(match[1]) - 1}." + key[match.end():]
+    # refinenet4 fuses the deepest level first: it is the first layer of the fusion stage.
+    if match := re.match(r"depth_head\.scratch\.refinenet(\d)\.", key):
+        rest = key[match.end():]
+        rest = (rest.replace("resConfUnit", "residual_layer").replace("conv1", "convolution1")
+                .replace("conv2", "convolution2").replace("out_conv", "projection"))
+        return f"neck.fusion_stage.layers.{4 - int(match[1])}.{rest}"
+    return None
+
+
+def convert_official_v2(state: dict[str, Tensor]) -> tuple[DepthAnythingConfig, dict[str, Tensor]]:
+    """An official Depth-Anything-V2 state dict -> (transformers config, state dict).
+
+    The official checkpoints (``depth_anything_v2_vit{s,b,l}.pth``) hold the DINOv2 backbone
+    under ``pretrained.`` (fused ``attn.qkv``, split here into query/key/value) and the DPT head
+    under ``depth_head.`` (``projects``, ``resize_layers``, ``scratch.layerN_rn``,
+    ``scratch.refinenetN``, ``scratch.output_conv1/2``).
+
+    Raises:
+        InputError: A tensor that has no place in the transformers model (not a V2 file).
+    """
+    config = _official_v2_config(state)
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if match := re.match(r"pretrained\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", key):
+            layer, kind = match[1], match[2]
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0),
+                                  strict=True):
+                out[f"backbone.encoder.layer.{layer}.attention.{name}.{kind}"] = part.clone()
+            continue
+        target = _official_v2_key(key)
+        if target is None:
+            raise InputError(
+                f"tensor {key!r} is not part of an official Depth-Anything-V2 checkpoint "
+                "(relative depth, depth_anything_v2_vit{s,b,l}.pth); for other models pass a "
+                "Hugging Face folder (config.json + model.safetensors)")
+        out[target] = value
+    return config, out
+
+
+def _load_official_v2(path: Path) -> DepthAnythingForDepthEstimation:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any reader failure means the same thing to the user
+        raise InputError(f"teacher checkpoint {str(path)!r} could not be read "
+                         f"({type(err).__name__}); expected an official Depth-Anything-V2 "
+                         ".pth saved with torch.save; re-download it") from err
+    if not isinstance(state, dict) or "pretrained.patch_embed.proj.weight" not in state:
+        raise InputError(f"teacher checkpoint {str(path)!r} is not an official "
+                         "Depth-Anything-V2 state dict (no pretrained.patch_embed.proj.weight); "
+                         "pass depth_anything_v2_vit{s,b,l}.pth or a Hugging Face folder")
+    config, converted = convert_official_v2(state)
+    model = DepthAnythingForDepthEstimation(config)
+    missing, unexpected = model.load_state_dict(converted, strict=False)
+    missing = [k for k in missing if "mask_token" not in k]
+    if missing or unexpected:
+        raise InputError(f"teacher checkpoint {str(path)!r} does not convert cleanly: missing "
+                         f"{missing[:3]}, unexpected {unexpected[:3]}; pass a Hugging Face "
+                         "folder instead")
+    _official_interpolation(model)
+    return model.eval()
+
+
+def load_teacher_model(path: str | Path) -> DepthAnythingForDepthEstimation:
+    """Load Depth Anything (V1 or V2) on the CPU, in eval mode, from a local path.
+
+    ``path`` is a directory holding ``config.json`` and ``model.safetensors`` as
+    ``save_pretrained`` wrote, or an official ``depth_anything_v2_vit*.pth`` file.
 
     Raises:
         InputError: If the path is a URI, does not exist, has no readable config.json, is
@@ -152,7 +312,10 @@ def load_teacher_model(path: str | Path) -> DepthAnythingForDepthEstimation:
             "the local directory"
         )
     folder = Path(text).expanduser()
-    hint = "pass a local Depth Anything directory saved with save_pretrained"
+    if folder.is_file() and folder.suffix in (".pth", ".pt"):
+        return _load_official_v2(folder)
+    hint = ("pass a local Depth Anything directory saved with save_pretrained, or an official "
+            "depth_anything_v2_vit*.pth file")
     if not folder.is_dir():
         raise InputError(f"teacher directory {folder} does not exist or is not a directory; {hint}")
     config_file = folder / "config.json"
@@ -185,6 +348,7 @@ def load_teacher_model(path: str | Path) -> DepthAnythingForDepthEstimation:
             f"teacher weights in {folder} lack {len(missing)} tensors (e.g. {missing[0]}); "
             "the weights do not match config.json: re-export the model with save_pretrained"
         )
+    _official_interpolation(model)
     return model.eval()
 
 
@@ -271,15 +435,14 @@ class DepthTeacher:
         std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
         with torch.inference_mode():
             x = rgb.float() / 255.0
-            # Bicubic with antialias is what Depth Anything's own preprocessing does (PIL).
-            x = F.interpolate(
-                x, self.model_input_size(height, width), mode="bicubic", antialias=True
-            ).clamp_(0.0, 1.0)
+            # The official recipe: OpenCV INTER_CUBIC on the float image (no antialias, no clamp).
+            x = F.interpolate(x, self.model_input_size(height, width), mode="bicubic",
+                              align_corners=False)
             x = (x - mean) / std  # (B, 3, h, w)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 raw = self.model(pixel_values=x).predicted_depth  # (B, h, w)
             raw = self.sign * raw.float().unsqueeze(1)
-            raw = F.interpolate(raw, (height, width), mode="bilinear", align_corners=False)
+            raw = F.interpolate(raw, (height, width), mode="bilinear", align_corners=True)
             depth = normalize_depth(raw, valid, self.config.depth_percentiles)
         return depth.clone()  # leaves inference mode: usable in autograd downstream
 
