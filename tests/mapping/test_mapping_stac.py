@@ -194,7 +194,8 @@ def test_a_crs_without_a_code_is_written_as_wkt2(tmp_path: Path,
               "+units=m +no_defs")
     grid = OutputGrid(crs=custom, resolution=1.0, row_off=-2_700_288, col_off=512,
                       height=256, width=256, chunk_size=256)
-    plan = SimpleNamespace(grid=grid, bbox_window=lambda: PixelWindow(0, 0, 256, 256))
+    plan = SimpleNamespace(grid=grid, polygons=False,
+                           bbox_window=lambda: PixelWindow(0, 0, 256, 256))
     contract = contract_for("uint8", (1, 2, 3))
     _collection(str(tmp_path), Storage(), plan, grid.chunks(),  # type: ignore[arg-type]
                 contract, None, "2026-01-01T00:00:00+00:00")
