@@ -111,7 +111,7 @@ def bench_infer(
     model = model.to(dtype)
     images = torch.randn(batch, config.model.in_channels, size, size, device=device, dtype=dtype)
     # The bare encoder: the same DINOv2 ViT as timm builds it (RGB, all blocks, no heads).
-    encoder = build_vit(config.model.encoder, 3).to(device, dtype).eval()
+    encoder = build_vit(config.model.encoder).to(device, dtype).eval()
     rgb = images[:, :3]
     results: dict[str, float] = {"batch": batch, "size": size}
     variants: list[tuple[str, Callable[[], object], Callable[[], object]]] = [
