@@ -79,7 +79,10 @@ def head_cluster():
         # the worker port range (Ray refuses a component port that the range holds).
         port, dashboard, low = _free_port(), _free_port(), _free_port()
         chosen = [_free_port() for _ in names]
-        if all(not low <= p <= low + 200 for p in (port, dashboard, *chosen)):
+        every = (port, dashboard, *chosen)
+        # Distinct too: a port freed after its check can be handed out twice, and Ray
+        # refuses two components on one port.
+        if len(set(every)) == len(every) and all(not low <= p <= low + 200 for p in every):
             break
     ports = [f"--{name}={p}" for name, p in zip(names, chosen, strict=True)]
     ports += [f"--min-worker-port={low}", f"--max-worker-port={low + 200}"]
