@@ -376,6 +376,10 @@ class TrainConfig(_Section):
         lr_milestones: Fractions of the total optimiser steps at which the lr is multiplied by
             ``lr_gamma``; :meth:`milestone_steps` turns them into step numbers.
         depth_loss_weight: w_D, weight of L_D = 1 - SSIM.
+        depth_l1_weight: Weight of a masked L1 term added to L_D at every depth scale (not in
+            the paper: 0 by default). With an nDSM target that is mostly exactly 0 (flat
+            ground) ``1 - SSIM`` alone let the demo's full-resolution depth collapse to 0;
+            the demo sets 1.
         cls_loss_weight: w_cls, weight of the cross-entropy.
         chip_size: Side of a training chip in pixels (paper: 512).
         ignore_index: Label value excluded from L_cls and the metrics.
@@ -392,6 +396,7 @@ class TrainConfig(_Section):
     lr_gamma: float = 0.2
     lr_milestones: tuple[float, ...] = (0.3, 0.6)
     depth_loss_weight: float = 1.0
+    depth_l1_weight: float = 0.0
     cls_loss_weight: float = 1.0
     chip_size: int = 512
     ignore_index: int = 255
@@ -416,8 +421,9 @@ class TrainConfig(_Section):
             "in (0, 1), e.g. [0.3, 0.6]",
         )
         _require(
-            self.depth_loss_weight >= 0 and self.cls_loss_weight >= 0,
-            f"train loss weights ({self.depth_loss_weight}, {self.cls_loss_weight}) must be >= 0",
+            min(self.depth_loss_weight, self.cls_loss_weight, self.depth_l1_weight) >= 0,
+            f"train loss weights (depth {self.depth_loss_weight}, cls {self.cls_loss_weight}, "
+            f"depth_l1 {self.depth_l1_weight}) must be >= 0",
         )
         _require(self.chip_size > 0, f"train.chip_size={self.chip_size} must be > 0")
 

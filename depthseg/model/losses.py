@@ -10,6 +10,10 @@
   *normalised masked* local statistics: invalid teacher pixels (NaN / inf) get weight 0 and
   each window's weights are renormalised over its valid pixels, so no-data and image borders
   bias nothing; only pixels whose window is at least half valid are averaged.
+* Optionally (``l1_weight`` > 0, not in the paper) a masked mean absolute error is added to
+  L_D at every scale. SSIM alone is flat for a flat prediction on a flat target: with an nDSM
+  that is mostly exactly 0 (ground), a saturated sigmoid at 0 scores well there and gets no
+  gradient anywhere (the demo's full-resolution depth collapsed so; see configs/demo.yaml).
 * ``L_cls`` is cross-entropy with ``ignore_index`` (255) excluded.
 
 Everything is computed in float32 whatever the autocast dtype. Models without depth outputs
@@ -119,7 +123,8 @@ def ssim(
 
 
 def depth_loss(
-    depths: list[Tensor], teacher: Tensor, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA
+    depths: list[Tensor], teacher: Tensor, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA,
+    l1_weight: float = 0.0,
 ) -> Tensor:
     """L_D: mean over scales of 1 - SSIM(depth_s, teacher resized to scale s).
 
@@ -128,6 +133,7 @@ def depth_loss(
         teacher: (B, 1, H, W) or (B, H, W) raw teacher depth, NaN where invalid.
         window: SSIM window size.
         sigma: SSIM Gaussian sigma.
+        l1_weight: Weight of the masked mean absolute error added at every scale.
 
     Returns:
         Scalar loss; 0 when no image has a valid teacher pixel.
@@ -148,6 +154,9 @@ def depth_loss(
         # Every scale stays in the graph, valid or not: DDP expects a gradient for every
         # trainable parameter on every step, and no `if` on tensor values means no device sync.
         scale_loss = ((1 - score) * counted).sum() / counted.sum().clamp_min(1)
+        if l1_weight:
+            scale_loss = scale_loss + l1_weight * (
+                ((pred.float() - t).abs() * v).sum() / v.sum().clamp_min(1))
         losses.append((scale_loss, (counted.sum() > 0).float()))
     if not losses:
         return teacher.new_zeros((), dtype=torch.float32)
@@ -165,6 +174,7 @@ class DepthSegLoss(nn.Module):
         ignore_index: Label excluded from the cross-entropy (255).
         ssim_window: SSIM Gaussian window size.
         ssim_sigma: SSIM Gaussian sigma.
+        depth_l1_weight: Weight of the masked L1 term in L_D (0: the paper's 1 - SSIM only).
     """
 
     def __init__(
@@ -174,8 +184,10 @@ class DepthSegLoss(nn.Module):
         ignore_index: int = 255,
         ssim_window: int = SSIM_WINDOW,
         ssim_sigma: float = SSIM_SIGMA,
+        depth_l1_weight: float = 0.0,
     ) -> None:
         super().__init__()
+        self.depth_l1_weight = depth_l1_weight
         self.depth_weight = depth_weight
         self.cls_weight = cls_weight
         self.ignore_index = ignore_index
@@ -205,7 +217,8 @@ class DepthSegLoss(nn.Module):
         else:  # cross_entropy of an all-ignored batch is NaN; keep the graph, add nothing
             l_cls = logits.float().sum() * 0.0
         if depths and teacher is not None:
-            l_depth = depth_loss(depths, teacher, self.ssim_window, self.ssim_sigma)
+            l_depth = depth_loss(depths, teacher, self.ssim_window, self.ssim_sigma,
+                                 self.depth_l1_weight)
         else:
             l_depth = torch.zeros((), device=logits.device)
         loss = self.depth_weight * l_depth + self.cls_weight * l_cls

@@ -299,7 +299,8 @@ def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print)
             log_rank0(rank, log, f"epochs changed: LR milestones moved to "
                       f"{tc.milestone_steps(total)}, lr now {scheduler.get_last_lr()}")
     net = hooks.wrap(model)
-    loss_fn = DepthSegLoss(tc.depth_loss_weight, tc.cls_loss_weight, tc.ignore_index)
+    loss_fn = DepthSegLoss(tc.depth_loss_weight, tc.cls_loss_weight, tc.ignore_index,
+                           depth_l1_weight=tc.depth_l1_weight)
     mean = torch.tensor(contract.mean, device=device)
     std = torch.tensor(contract.std, device=device)
     crop = min(tc.chip_size, store.schema.chip_size)
