@@ -27,7 +27,12 @@ from depthseg.errors import DepthSegError  # noqa: E402
 from depthseg.io.chips import ChipStore  # noqa: E402
 from depthseg.io.storage import Storage, join  # noqa: E402
 from depthseg.progress import quiet_ray  # noqa: E402
-from depthseg.train.loop import RunSpec, check_encoder_weights, fit_config_to_store  # noqa: E402
+from depthseg.train.loop import (  # noqa: E402
+    RunSpec,
+    check_batch_split,
+    check_encoder_weights,
+    fit_config_to_store,
+)
 from depthseg.train.ray_train import Scaling, train, worker_input_error  # noqa: E402
 
 
@@ -96,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 # An autoscaling cluster starts with no GPU node: one worker scales one up.
                 print("note: the cluster has no GPU yet (autoscaling?); training with 1 GPU "
                       "worker; pass --num-workers N for more", file=sys.stderr)
+        check_batch_split(config, workers)
         scaling = Scaling(num_workers=workers, gpu=args.gpu, max_failures=args.max_failures,
                           cpus_per_worker=args.cpus_per_worker)
         result = train(spec, name, args.storage, scaling, resume=args.resume,

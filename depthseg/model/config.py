@@ -381,6 +381,9 @@ class TrainConfig(_Section):
             ground) ``1 - SSIM`` alone let the demo's full-resolution depth collapse to 0;
             the demo sets 1.
         cls_loss_weight: w_cls, weight of the cross-entropy.
+        lr_reference_batch: The global batch ``lr`` was set for (the paper presets: their
+            8 / 4 / 2). A run with another global ``batch_size`` scales the lr linearly,
+            ``lr * batch_size / lr_reference_batch`` (Goyal et al. 2017); None: ``lr`` as given.
         chip_size: Side of a training chip in pixels (paper: 512).
         ignore_index: Label value excluded from L_cls and the metrics.
         precision: ``bf16`` autocast on GPU (CPU runs fall back to fp32) or ``fp32``.
@@ -398,6 +401,7 @@ class TrainConfig(_Section):
     depth_loss_weight: float = 1.0
     depth_l1_weight: float = 0.0
     cls_loss_weight: float = 1.0
+    lr_reference_batch: int | None = None
     chip_size: int = 512
     ignore_index: int = 255
     precision: Precision = "bf16"
@@ -426,6 +430,15 @@ class TrainConfig(_Section):
             f"depth_l1 {self.depth_l1_weight}) must be >= 0",
         )
         _require(self.chip_size > 0, f"train.chip_size={self.chip_size} must be > 0")
+        _require(self.lr_reference_batch is None or self.lr_reference_batch > 0,
+                 f"train.lr_reference_batch={self.lr_reference_batch} must be > 0 or null")
+
+    @property
+    def effective_lr(self) -> float:
+        """The lr this run uses: ``lr``, scaled linearly when ``lr_reference_batch`` is set."""
+        if self.lr_reference_batch is None:
+            return self.lr
+        return self.lr * self.batch_size / self.lr_reference_batch
 
     @classmethod
     def paper(cls, encoder_name: str, **overrides: Any) -> TrainConfig:

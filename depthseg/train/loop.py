@@ -201,11 +201,32 @@ def contract_from_store(store: ChipStore, config: Config) -> Contract:
     )
 
 
+def check_batch_split(config: Config, workers: int) -> None:
+    """``train.batch_size`` is the global batch: it must split evenly over the workers."""
+    batch = config.train.batch_size
+    if batch % workers:
+        fit_to = -(-batch // workers) * workers
+        raise InputError(
+            f"train.batch_size {batch} is the global batch and does not split over {workers} "
+            f"workers; give --batch-size {fit_to} (a multiple of {workers}; the lr follows "
+            "linearly when train.lr_reference_batch is set) or use fewer workers")
+
+
+def batch_text(config: Config, workers: int) -> str:
+    """How the global batch and the lr were set, for the run's first log line."""
+    tc = config.train
+    text = f"global batch {tc.batch_size} = {workers} worker(s) x {tc.batch_size // workers}"
+    if tc.effective_lr != tc.lr:
+        text += (f", lr {tc.effective_lr:.3g} (train.lr {tc.lr:.3g} at batch "
+                 f"{tc.lr_reference_batch}, scaled linearly)")
+    return text
+
+
 def build_optimizer(model: nn.Module, config: Config, total_steps: int) -> tuple[Any, Any]:
     """AdamW over the trainable parameters and MultiStepLR at the recipe's milestones."""
     tc = config.train
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay,
+    optimizer = torch.optim.AdamW(params, lr=tc.effective_lr, weight_decay=tc.weight_decay,
                                   betas=tc.betas)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=tc.milestone_steps(total_steps), gamma=tc.lr_gamma)
@@ -282,7 +303,8 @@ def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print)
     device = hooks.device()
     torch.manual_seed(tc.seed)  # identical initial weights on every worker
     model = build_model_from_uri(cfg.model, storage).to(device)
-    worker_batch = max(1, tc.batch_size // world)
+    check_batch_split(cfg, world)
+    worker_batch = tc.batch_size // world
     spe = steps_per_epoch(feed.num_train, world, worker_batch)
     total = tc.epochs * spe
     optimizer, scheduler = build_optimizer(model, cfg, total)
@@ -307,8 +329,8 @@ def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print)
     if rank == 0 and state.epoch == 0:
         storage.write_bytes_atomic(join(spec.run_dir, "config.yaml"), dump_config(cfg).encode())
     board = _board(spec) if rank == 0 else None
-    log_rank0(rank, log, f"train: {feed.num_train} chips, {world} worker(s) x batch "
-              f"{worker_batch}, {spe} steps/epoch, {total} steps, milestones "
+    log_rank0(rank, log, f"train: {feed.num_train} chips, {batch_text(cfg, world)}, "
+              f"{spe} steps/epoch, {total} steps, milestones "
               f"{tc.milestone_steps(total)}, device {device}")
     for epoch in range(state.epoch, tc.epochs):
         net.train()

@@ -72,6 +72,20 @@ def ray_storage(uri: str, storage: Storage) -> tuple[str, Any]:
     return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
+def sync_batch_norm(model: nn.Module, device: torch.device, world_size: int) -> nn.Module:
+    """BatchNorm layers as SyncBatchNorm when several GPU workers train one model.
+
+    The adapter, prompter and decoder normalise with batch statistics; with the paper's small
+    batches (8 / 4 / 2) split over workers, per-worker statistics of 1-4 chips are noise.
+    SyncBatchNorm shares the parameters, so an optimiser built before keeps working.
+    PyTorch synchronises batch norm on accelerators only: CPU workers keep per-worker
+    statistics (tests, the CPU demo).
+    """
+    if world_size > 1 and device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
 class RayHooks(Hooks):
     """Distribution, checkpoints and reporting through Ray Train."""
 
@@ -89,9 +103,10 @@ class RayHooks(Hooks):
         return ray.train.torch.get_device()
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """DDP over the trainable parameters only."""
+        """DDP over the trainable parameters only; batch norm synchronised on GPUs."""
         import ray.train.torch
 
+        model = sync_batch_norm(model, self.device(), self.world_size)
         # Frozen parameters take no gradient: keep them out of DDP's buckets and broadcast.
         torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
             model, sorted(frozen_names(model)))
@@ -174,7 +189,7 @@ def train_worker(config: dict[str, Any]) -> None:
     if not config.get("verbose", False):
         _quiet_train_worker()
     hooks = RayHooks(spec)
-    worker_batch = max(1, spec.config.train.batch_size // hooks.world_size)
+    worker_batch = spec.config.train.batch_size // hooks.world_size
     try:
         feed = RayWorkerFeed(spec, config["num_train"], worker_batch, hooks.rank,
                              hooks.world_size)

@@ -41,6 +41,9 @@ def test_two_worker_ddp_run_learns_and_survives_a_failure(tmp_path, ray_local):
     # 3 epochs, each step taken once.
     steps = {int(v["step"]) for v in state["optimizer"]["state"].values()}
     assert state["step"] == 9 and steps == {9}
+    # The global batch (4) splits over the 2 workers, and LR milestones count those global
+    # steps: 30 % and 60 % of 9.
+    assert sorted(int(k) for k in state["scheduler"]["milestones"]) == [3, 5]
     # --resume: a new fit of the same run name and storage continues from its checkpoint.
     longer = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=4))
     result = train(dataclasses.replace(spec, config=longer), "ddp", str(runs), scaling,
