@@ -192,6 +192,37 @@ def chunks_per_block(ctx: ChunkContext, chunks: int, workers: int) -> int:
                       chunks // (4 * max(workers, 1))))
 
 
+#: A run stops early once this many chunks failed, none succeeded, all in the same way.
+SAME_FAILURE_LIMIT = 8
+
+
+class SameFailure(RunError):
+    """Every chunk so far failed in the same way: the run stops instead of failing them all."""
+
+
+def failure_signature(error: str) -> str:
+    """An error line with its numbers blanked.
+
+    Chunk keys, scene names and byte offsets differ between chunks failing for one reason.
+    """
+    import re
+
+    return re.sub(r"\d+", "N", error)
+
+
+def check_same_failure(report: RunReport, limit: int = SAME_FAILURE_LIMIT) -> None:
+    """Raise :class:`SameFailure` when the run's first ``limit`` results failed alike."""
+    if len(report.failed) < limit or len(report.failed) < report.finished:
+        return
+    signatures = {failure_signature(e) for e in report.failed.values()}
+    if len(signatures) == 1:
+        chunk, error = next(iter(report.failed.items()))
+        raise SameFailure(
+            f"the first {len(report.failed)} chunks all failed the same way (e.g. chunk {chunk}:"
+            f" {error}); the run stopped instead of failing every chunk; fix the cause and "
+            "rerun with --resume")
+
+
 def _ray_stream(ctx: ChunkContext, rows: list[dict[str, str]], request: MapRequest,
                 bundle: Bundle | None, on_result: Callable[[dict[str, Any]], None]) -> None:
     import ray
@@ -376,6 +407,7 @@ def _map_with_lease(request: MapRequest, storage: Storage, bundle: Bundle | None
 
     def on_result(row: dict[str, Any]) -> None:
         report.add_chunk(row)
+        check_same_failure(report)
         retried = f", {report.retries} retries" if report.retries else ""
         progress.update(1, status=(f"{len(report.failed)} failed" if report.failed else "ok")
                         + retried)
@@ -433,6 +465,8 @@ def _map_with_lease(request: MapRequest, storage: Storage, bundle: Bundle | None
             recorded = f"nowhere: run.json could not be written either ({again})"
         phase = "finalising" if "map" in report.seconds else "mapping"
         text = str(err).splitlines()[0] if str(err) else ""
+        if isinstance(err, SameFailure):
+            raise SameFailure(f"{text}; see {recorded}") from err
         raise RunError(f"the run stopped while {phase}: {type(err).__name__}: {text}; the "
                        f"chunks already done are kept; see {recorded}, fix the cause and "
                        "rerun with --resume") from err

@@ -118,3 +118,25 @@ def test_unreadable_scene_fails_its_chunks_not_the_run(
     assert main([*args, "--resume"]) == 0
     rerun = json.loads((out / "run.json").read_text())
     assert rerun["chunks"]["mapped_this_run"] == len(failed) and rerun["ok"]
+
+
+def test_a_run_whose_chunks_all_fail_the_same_way_stops_early(
+        synthetic_region: Any, bundle_uint16: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    scenes = tmp_path / "scenes"
+    shutil.copytree(synthetic_region.root / "scenes", scenes)
+    for scene in scenes.glob("*.tif"):  # headers stay (the plan reads them), pixels go
+        data = scene.read_bytes()
+        scene.write_bytes(data[: len(data) // 8])
+    size = synthetic_region.size * synthetic_region.resolution
+    x0, y0 = synthetic_region.transform.c, synthetic_region.transform.f
+    out = tmp_path / "o"
+    args = _args(synthetic_region, bundle_uint16, out, bbox=(x0, y0 - size, x0 + size, y0),
+                 imagery=str(scenes))
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "chunks all failed the same way" in err[-1] and "--resume" in err[-1]
+    run = json.loads((out / "run.json").read_text())
+    planned, failed = run["chunks"]["planned"], run["chunks"]["failed"]
+    assert planned >= 16 and failed == 8 < planned  # stopped, not every chunk tried
+    assert "SameFailure" in run["error"] and not run["ok"]
