@@ -104,24 +104,31 @@ def build_benchmark(plan: AblationPlan, storage: Storage, log: Callable[[str], N
     from depthseg.train.prepare import PrepareOptions, prepare_chips
 
     stores: dict[str, dict[str, str]] = {source: {} for source in plan.sources}
+    # 4-band presets (the paper's GaoFen-2 setting) get 4-band uint16 regions, B G R NIR read
+    # as R G B NIR; 3-band ones uint8 RGB.
+    four = plan.config.model.in_channels == 4
+    dtype, bands = ("uint16", (3, 2, 1, 4)) if four else ("uint8", (1, 2, 3))
     for k, split in enumerate(SPLITS):
-        folder = plan.out / "regions" / split
+        for source in plan.sources:
+            stores[source][split] = str(plan.out / "chips" / source / split)
+        if all(_complete(Path(stores[s][split]), storage) for s in plan.sources):
+            continue
+        folder = plan.out / "regions" / f"{split}-{dtype}"
         if (folder / "region.json").is_file():
             region = Region.load(folder)
         else:
             region = make_region(folder, size=plan.region_size, seed=REGION_SEEDS[split],
-                                 dtype="uint8")
+                                 dtype=dtype)
         fractions = tuple(1.0 if i == k else 0.0 for i in range(3))
         for source in plan.sources:
-            store = plan.out / "chips" / source / split
-            stores[source][split] = str(store)
+            store = Path(stores[source][split])
             if _complete(store, storage):
                 continue
             depth = ({"height": str(region.height)} if source == "ndsm"
                      else {"teacher": plan.teacher})
             prepare_chips(PrepareOptions(
                 out=str(store), scenes=(str(region.scenes[0].parent),),
-                labels=(str(region.labels),), bands=(1, 2, 3), chip_size=plan.chip_size,
+                labels=(str(region.labels),), bands=bands, chip_size=plan.chip_size,
                 block=1, fractions=fractions, seed=0, **depth), storage,  # type: ignore[arg-type]
                 log=lambda *_: None)
             log(f"benchmark: {source} {split} store {store} "
@@ -252,6 +259,16 @@ def run_ablation(plan: AblationPlan, storage: Storage | None = None,
     """Build the benchmark, run every (source, row, seed), write the summary files."""
     storage = storage or Storage()
     plan.out.mkdir(parents=True, exist_ok=True)
+    # One benchmark and preset per folder: a resumed run must add to like results only.
+    setup = {"encoder": plan.config.model.encoder.name,
+             "in_channels": plan.config.model.in_channels, "region_size": plan.region_size,
+             "chip_size": plan.chip_size, "epochs": plan.config.train.epochs}
+    recorded = plan.out / "ablation-setup.json"
+    if recorded.is_file() and json.loads(recorded.read_text()) != setup:
+        raise InputError(f"{str(plan.out)!r} holds an ablation with "
+                         f"{json.loads(recorded.read_text())}, not {setup}; give another --out "
+                         "or the same settings")
+    recorded.write_text(json.dumps(setup, indent=2))
     stores = build_benchmark(plan, storage, log)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     total = len(plan.sources) * len(plan.rows) * len(plan.seeds)

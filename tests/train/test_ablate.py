@@ -40,6 +40,10 @@ def test_ablation_grid_resumes_and_summarises(tmp_path, capsys):
     assert "| encoder only (no adapter, no depth prompter) |" in table and "+-" in table
     assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
     assert "done:" in capsys.readouterr().out
+    # The folder holds this benchmark and preset: other settings are refused, not mixed in.
+    other = [a if a != "1" else "2" for a in argv]  # --epochs 2
+    assert ablate.main([*other, "--seeds", "0"]) == 2
+    assert "holds an ablation with" in capsys.readouterr().err
 
 
 def test_unknown_rows_and_random_paper_encoders_are_refused(tmp_path, capsys):
