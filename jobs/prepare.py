@@ -23,9 +23,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from depthseg.classes import LIUZHOU_CLASSES  # noqa: E402
 from depthseg.errors import DepthSegError  # noqa: E402
 from depthseg.io.storage import Storage  # noqa: E402
-from depthseg.train.prepare import LIUZHOU_CLASSES, PrepareOptions, prepare_chips  # noqa: E402
+from depthseg.train.prepare import PrepareOptions, prepare_chips  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

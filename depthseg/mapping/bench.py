@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from depthseg.classes import LIUZHOU_CLASSES, LIUZHOU_PALETTE
 from depthseg.config import load_config
 from depthseg.geo import TileSpec
 from depthseg.io.bundle import Contract, load_bundle, save_bundle
@@ -44,9 +45,6 @@ from depthseg.mapping.predict import ChunkPredictor
 from depthseg.model import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-_CLASSES = ("cropland", "forest", "building", "road", "impervious", "bare", "water")
-_PALETTE = ((250, 230, 100), (30, 130, 40), (200, 40, 40), (120, 120, 120), (190, 190, 190),
-            (160, 120, 70), (40, 90, 220))
 # (figure, target ratio, the setting the target was set for)
 TARGETS = (
     ("pipeline_over_plain", 1.0, "end to end vs plain loop (vits, 4096 px)"),
@@ -90,7 +88,7 @@ def _bundle(options: BenchOptions) -> str:
     bands = (3, 2, 1, 4)[: config.in_channels]
     contract = Contract(band_indices=bands, band_names=("red", "green", "blue", "nir")[
         : len(bands)], input_dtype="uint16", value_range=(0, 1023), mean=(300.0,) * len(bands),
-        std=(100.0,) * len(bands), class_names=_CLASSES, palette=_PALETTE,
+        std=(100.0,) * len(bands), class_names=LIUZHOU_CLASSES, palette=LIUZHOU_PALETTE,
         tile_size=options.tile)
     torch.manual_seed(0)
     uri = str(options.work_dir / f"bundle_{options.preset}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from depthseg.classes import LIUZHOU_CLASSES, LIUZHOU_PALETTE
+
 CROPLAND = 0
 FOREST = 1
 BUILDING = 2
@@ -12,24 +14,8 @@ WATER = 6
 #: Label value for "no data / ignore"; never used inside a synthetic region.
 NODATA_LABEL = 255
 
-#: Class names indexed by label value (the LiuZhou dataset's order).
-CLASS_NAMES: tuple[str, ...] = (
-    "cropland",
-    "forest",
-    "building",
-    "road",
-    "impervious surface",
-    "bare land",
-    "water",
-)
+#: Class names indexed by label value (the LiuZhou dataset's order; one source for them all).
+CLASS_NAMES: tuple[str, ...] = LIUZHOU_CLASSES
 
 #: RGB display colour per class, indexed like :data:`CLASS_NAMES`.
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (255, 211, 127),  # cropland: straw yellow
-    (38, 115, 0),  # forest: dark green
-    (230, 0, 0),  # building: red
-    (89, 89, 89),  # road: dark grey
-    (178, 178, 178),  # impervious surface: light grey
-    (168, 112, 0),  # bare land: brown
-    (0, 112, 255),  # water: blue
-)
+PALETTE: tuple[tuple[int, int, int], ...] = LIUZHOU_PALETTE

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import yaml
 
+from depthseg.classes import LIUZHOU_CLASSES, LIUZHOU_PALETTE
 from depthseg.errors import InputError
 from depthseg.io.catalog import Catalog, Scene, open_catalog
 from depthseg.io.chips import ChipSchema, ChipStore
@@ -45,11 +46,6 @@ from depthseg.train.sources import (
     loveda_coding,
 )
 
-#: LiuZhou classes (paper) and display colours: the default class list.
-LIUZHOU_CLASSES = ("cropland", "forest", "building", "road", "impervious surface", "bare land",
-                   "water")
-LIUZHOU_PALETTE = ((255, 211, 127), (38, 115, 0), (230, 0, 0), (89, 89, 89), (178, 178, 178),
-                   (168, 112, 0), (0, 112, 255))
 PLAN_FILE = "plan.json"
 
 
