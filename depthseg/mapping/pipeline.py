@@ -197,7 +197,12 @@ SAME_FAILURE_LIMIT = 8
 
 
 class SameFailure(RunError):
-    """Every chunk so far failed in the same way: the run stops instead of failing them all."""
+    """Every chunk so far failed in the same way: the run stops instead of failing them all.
+
+    ``report`` is the stopped run's report (its failed chunks), once the run recorded it.
+    """
+
+    report: RunReport | None = None
 
 
 def failure_signature(error: str) -> str:
@@ -466,7 +471,9 @@ def _map_with_lease(request: MapRequest, storage: Storage, bundle: Bundle | None
         phase = "finalising" if "map" in report.seconds else "mapping"
         text = str(err).splitlines()[0] if str(err) else ""
         if isinstance(err, SameFailure):
-            raise SameFailure(f"{text}; see {recorded}") from err
+            stopped = SameFailure(f"{text}; see {recorded}")
+            stopped.report = report
+            raise stopped from err
         raise RunError(f"the run stopped while {phase}: {type(err).__name__}: {text}; the "
                        f"chunks already done are kept; see {recorded}, fix the cause and "
                        "rerun with --resume") from err

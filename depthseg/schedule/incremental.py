@@ -31,7 +31,7 @@ from depthseg.io.bundle import Bundle, Contract, read_manifest
 from depthseg.io.catalog import Catalog, open_catalog
 from depthseg.io.storage import Storage, join, with_retries
 from depthseg.mapping import products
-from depthseg.mapping.pipeline import PLAN, map_region, open_output
+from depthseg.mapping.pipeline import PLAN, SameFailure, map_region, open_output
 from depthseg.mapping.plan import MapRequest, Plan, make_plan
 from depthseg.mapping.report import RunReport
 from depthseg.mapping.stages import ChunkContext, write_products
@@ -189,8 +189,9 @@ def _ledger(run: RunPlan, status: str, states: dict[str, str] | None = None,
     counts = {"planned": len(run.plan.chunks), "carried": len(run.carry),
               "recomputed": len(run.compute)}
     if states is not None:
-        counts.update(done=sum(s != "failed" for s in states.values()),
-                      failed=sum(s == "failed" for s in states.values()))
+        counts.update(done=sum(s in ("carried", "computed") for s in states.values()),
+                      failed=sum(s == "failed" for s in states.values()),
+                      not_run=sum(s == "not run" for s in states.values()))
     return {"region": run.region.name, "run": run.run_id, "scheduled_for": run.scheduled_for,
             "status": status, "started_at": started_at or now_text(),
             "completed_at": now_text() if status in ("complete", "failed") else None,
@@ -346,12 +347,19 @@ def execute_run(run: RunPlan, storage: Storage, bundle: Bundle | None = None,
     cogs = copy_cogs(run, storage)
     copied = carry_over(run, storage, contract, cogs)
     log(f"{run.region.name}: run {run.run_id}: {run.summary()}; copied {copied} chunks")
-    report = map_region(run.request, storage, bundle=bundle, log=log, cogs_ready=cogs)
+    try:
+        report = map_region(run.request, storage, bundle=bundle, log=log, cogs_ready=cogs)
+    except SameFailure as err:  # every chunk failed alike: a failed run, retried next time
+        if err.report is None:
+            raise
+        log(f"{run.region.name}: {err}")
+        report = err.report
     done = {c.key for c in Mosaic(run.run_uri, storage).done_chunks()}
     carried = {c.key for c in run.carry}
-    states = {c.key: ("failed" if c.key not in done else
-                      "carried" if c.key in carried else "computed") for c in run.plan.chunks}
-    ok = report.ok and all(s != "failed" for s in states.values())
+    # A run stopped early (every chunk failing alike) leaves chunks it never tried: "not run".
+    states = {c.key: ("carried" if c.key in carried else "computed") if c.key in done
+              else "failed" if c.key in report.failed else "not run" for c in run.plan.chunks}
+    ok = report.ok and all(s in ("carried", "computed") for s in states.values())
     ledger = _ledger(run, "complete" if ok else "failed", states, report, started_at)
     write_ledger(run.run_uri, storage, ledger)
     if ok:

@@ -226,13 +226,17 @@ def test_failed_run_leaves_latest_and_is_retried(
     assert ledger["status"] == "failed" and ledger["failed_chunks"]
     assert ledger["counts"]["failed"] == len(ledger["failed_chunks"]) > 0
 
-    failed = set(ledger["failed_chunks"])
+    # Every chunk the bad scene meets fails alike: the run stops after 8 of them (any others
+    # are "not run"), and says so.
+    assert "chunks all failed the same way" in err
+    not_done = {k for k, v in ledger["chunks"].items() if v["state"] in ("failed", "not run")}
+    assert len(not_done) == ledger["counts"]["failed"] + ledger["counts"]["not_run"]
 
-    # Still due for the same fire time. Same inputs: the attempt is resumed, only the failed
-    # chunks are mapped again (and fail again).
+    # Still due for the same fire time. Same inputs: the attempt is resumed, only the chunks
+    # not done are mapped again (and fail again).
     code, out, err = _run(scenario, NOW_3, capsys=capsys)
     assert code == 1 and "resuming run folder" in err, out + err[-3000:]
-    assert f"{16 - len(failed)} already done, {len(failed)} to map" in err
+    assert f"{16 - len(not_done)} already done, {len(not_done)} to map" in err
     assert _latest(scenario)["run"] == "20261128T020000Z"
 
     # With the scene repaired its chunks' inputs differ: the folder starts clean and completes.
