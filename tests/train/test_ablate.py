@@ -15,7 +15,7 @@ ablate = load_job("ablate")
 @pytest.mark.slow
 def test_ablation_grid_resumes_and_summarises(tmp_path, capsys):
     out = tmp_path / "ablation"
-    argv = ["--out", str(out), "--rows", "encoder", "both", "--epochs", "1",
+    argv = ["--out", str(out), "--rows", "both", "--epochs", "1",
             "--region-size", "192", "--chip-size", "64"]
     assert ablate.main([*argv, "--seeds", "0"]) == 0
     # Train, val and test are different regions: each store holds one split only.
@@ -29,7 +29,7 @@ def test_ablation_grid_resumes_and_summarises(tmp_path, capsys):
     assert ablate.main([*argv, "--seeds", "0", "1"]) == 0
     assert first.stat().st_mtime_ns == stamp
     doc = json.loads((out / "ablation.json").read_text())
-    assert doc["seeds"] == [0, 1] and list(doc["summary"]["ndsm"]) == ["encoder", "both"]
+    assert doc["seeds"] == [0, 1] and list(doc["summary"]["ndsm"]) == ["both"]
     stats = doc["summary"]["ndsm"]["both"]
     assert stats["mIoU"]["n"] == 2 and stats["mIoU"]["std"] >= 0
     runs = doc["runs"]["ndsm"]["both"]
@@ -37,7 +37,7 @@ def test_ablation_grid_resumes_and_summarises(tmp_path, capsys):
     assert stats["mIoU"]["mean"] == pytest.approx(mean)
     assert {"IoU building", "IoU impervious surface", "IoU forest", "IoU cropland"} <= set(stats)
     table = (out / "ablation.md").read_text()
-    assert "| encoder only (no adapter, no depth prompter) |" in table and "+-" in table
+    assert "| + adapter + depth prompter (DepthSeg) |" in table and "+-" in table
     assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
     assert "done:" in capsys.readouterr().out
     # The folder holds this benchmark and preset: other settings are refused, not mixed in.
