@@ -234,6 +234,12 @@ class Storage:
             return
         with_retries(lambda: fs.pipe_file(path, data))
 
+    def remove_tree(self, uri: str) -> None:
+        """Remove the file or folder/prefix at ``uri`` and everything under it, if present."""
+        fs, path = self.fs(uri)
+        if with_retries(lambda: fs.exists(path)):
+            with_retries(lambda: fs.rm(path, recursive=True))
+
     def upload(self, local_path: str | os.PathLike[str], uri: str) -> None:
         """Copy a local file to ``uri`` (a local path or an object key)."""
         fs, path = self.fs(uri)

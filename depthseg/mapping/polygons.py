@@ -347,14 +347,6 @@ def merge_blocks(out: str, storage: Storage, grid: OutputGrid, class_names: Sequ
     return pending_blocks, writer is not None
 
 
-def _remove(storage: Storage, uri: str) -> None:
-    from depthseg.io.storage import with_retries
-
-    fs, path = storage.fs(uri)
-    if with_retries(lambda: fs.exists(path)):
-        with_retries(lambda: fs.rm(path, recursive=True))
-
-
 def _groups(items: list[Any], tasks: int) -> Iterable[list[Any]]:
     size = -(-len(items) // max(1, tasks))
     for start in range(0, len(items), size):
@@ -369,8 +361,8 @@ def finalize(out: str, storage: Storage, grid: OutputGrid, chunks: Sequence[Chun
     """
     import ray
 
-    _remove(storage, dataset_uri(out))
-    _remove(storage, join(out, VECTOR, "pending"))
+    storage.remove_tree(dataset_uri(out))
+    storage.remove_tree(join(out, VECTOR, "pending"))
     if not chunks:
         return 0
     use_ray = ray.is_initialized()
@@ -403,5 +395,5 @@ def finalize(out: str, storage: Storage, grid: OutputGrid, chunks: Sequence[Chun
         if last:
             break
         level += 1
-    _remove(storage, join(out, VECTOR, "pending"))
+    storage.remove_tree(join(out, VECTOR, "pending"))
     return files

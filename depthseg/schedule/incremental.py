@@ -227,9 +227,7 @@ def _remove(uri: str, storage: Storage) -> None:
     if holder is not None and lease.is_fresh(holder, lease.STALE_S):
         raise InputError(f"run folder {uri!r} is in use by {holder.describe(time.time())}; "
                          "not removing it: wait for that run, or remove its lease if it is dead")
-    fs, path = storage.fs(uri)
-    if with_retries(lambda: fs.exists(path)):
-        with_retries(lambda: fs.rm(path, recursive=True))
+    storage.remove_tree(uri)
 
 
 def carry_over(run: RunPlan, storage: Storage, contract: Contract,
