@@ -129,6 +129,26 @@ def test_batch_size_does_not_change_the_result(batch_size: int) -> None:
     assert (a.landcover[:40 - 14] == 255).all()
 
 
+
+def test_cpu_passes_are_sized_to_the_tile_and_do_not_change_the_result() -> None:
+    """A batch runs in forward passes of about a megapixel on the CPU; the result is the same."""
+    from depthseg.mapping.predict import cpu_micro_batch
+
+    assert cpu_micro_batch(518, 8) == 3 and cpu_micro_batch(126, 8) == 8
+    assert cpu_micro_batch(2048, 8) == 1
+    contract = contract_for("uint8", (1, 2, 3))
+    pixels = np.random.default_rng(2).integers(0, 255, size=(3, 200, 200)).astype(np.uint8)
+    valid = np.ones((200, 200), dtype=bool)
+    whole = ChunkPredictor(LocalModel(), contract, TileSpec(70, 14), batch_size=8,
+                           micro_batch=8)
+    passes = ChunkPredictor(LocalModel(), contract, TileSpec(70, 14), batch_size=8,
+                            micro_batch=3)
+    a, b = whole.predict_chunk(pixels, valid), passes.predict_chunk(pixels, valid)
+    np.testing.assert_array_equal(a.landcover, b.landcover)
+    np.testing.assert_array_equal(a.confidence, b.confidence)
+    np.testing.assert_allclose(a.depth.astype(np.float32), b.depth.astype(np.float32), atol=1e-3)
+    assert passes.tiles_run == whole.tiles_run > 8
+
 def test_device_blender_equals_the_host_blender() -> None:
     """Predict blends on the model's device; the result is the geo Blender's weighted mean."""
     from depthseg.geo import Blender
