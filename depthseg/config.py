@@ -4,6 +4,9 @@ A preset file has two sections, ``model`` (:class:`~depthseg.model.config.ModelC
 ``encoder`` nested) and ``train`` (:class:`~depthseg.model.config.TrainConfig`). Anything
 left out takes its default; ``train.batch_size`` left out takes the paper's batch size for
 the encoder (8 / 4 / 2 for S / B / L). Unknown keys are errors that name the key and file.
+
+The presets ship inside the package (``depthseg/presets/*.yaml``; ``configs/`` in a checkout
+links to them), so ``load_config("vits")`` works wherever depthseg is installed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,20 @@ from depthseg.errors import InputError
 from depthseg.model.config import ModelConfig, TrainConfig, paper_batch_size
 
 SECTIONS = ("model", "train")
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def preset_names() -> list[str]:
+    """The presets shipped with the package (``tiny``, ``demo``, ``vits``, ``vitb``, ``vitl``)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A preset name (``vits``) or a YAML path -> the file to read."""
+    text = str(path)
+    if text in preset_names():
+        return PRESETS_DIR / f"{text}.yaml"
+    return Path(path)
 
 
 @dataclass(frozen=True)
@@ -97,24 +114,24 @@ def _apply(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 def explicit_model_keys(path: str | Path, overrides: dict[str, Any] | None = None) -> set[str]:
     """The ``model:`` keys a preset file (or ``--set``) sets itself; the rest take defaults."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = yaml.safe_load(resolve_config(path).read_text()) or {}
     model = data.get("model") if isinstance(data, dict) else None
     keys = set(model) if isinstance(model, dict) else set()
     return keys | {k.split(".")[1] for k in (overrides or {}) if k.startswith("model.")}
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
-    """Read a YAML preset such as ``configs/vitb.yaml``.
+    """Read a YAML preset: a shipped preset's name (``vitb``) or a file (``my/vitb.yaml``).
 
     Raises:
         InputError: missing file, invalid YAML, or a bad/unknown key (the message names the
             file).
     """
-    path = Path(path)
+    path = resolve_config(path)
     if not path.is_file():
         raise InputError(
-            f"config file {str(path)!r} does not exist; expected a YAML preset such as "
-            "configs/vits.yaml; fix the path"
+            f"config file {str(path)!r} does not exist; expected a YAML file or a shipped "
+            f"preset's name ({', '.join(preset_names())}); fix the path"
         )
     try:
         data = yaml.safe_load(path.read_text())

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         name = "demo" if args.preset == "tiny" else args.preset
         overrides = parse_overrides(args.set)
-        config = load_config(REPO_ROOT / "configs" / f"{name}.yaml", overrides)
+        config = load_config(name, overrides)
         check_encoder_weights(config)
         epochs = args.epochs or (20 if args.preset == "tiny" else None)
         if epochs is not None:

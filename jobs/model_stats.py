@@ -11,7 +11,6 @@ forward pass of a single tile with ``torch.utils.flop_counter.FlopCounterMode`` 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -46,14 +45,13 @@ def main() -> None:
     parser.add_argument("--in-channels", type=int, default=None)
     parser.add_argument("--no-baseline", dest="baseline", action="store_false")
     args = parser.parse_args()
-    root = Path(__file__).resolve().parent.parent
     print(
         f"| model | encoder | adapter | depth head | prompter | decoder | trainable | "
         f"GFLOPs encoder | GFLOPs total ({args.tile} px) | encoder share |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in args.configs:
-        cfg = load_config(root / "configs" / f"{name}.yaml").model
+        cfg = load_config(name).model
         if args.in_channels is not None:
             cfg = ModelConfig.from_dict({**cfg.to_dict(), "in_channels": args.in_channels})
         r = stats(cfg, args.tile)

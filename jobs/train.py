@@ -38,7 +38,8 @@ from depthseg.train.ray_train import Scaling, train, worker_input_error  # noqa:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, help="YAML preset, e.g. configs/vits.yaml")
+    p.add_argument("--config", required=True,
+                   help="a preset name (tiny, demo, vits, vitb, vitl) or a YAML file")
     p.add_argument("--chips", required=True, help="chip store from jobs/prepare.py")
     p.add_argument("--storage", required=True, help="runs folder: local path or s3://bucket/pre")
     p.add_argument("--name", default=None, help="run name (default: <preset>-<UTC time>)")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from depthseg.config import Config, dump_config, load_config
+from depthseg.config import Config, dump_config, load_config, preset_names
 from depthseg.errors import InputError
 from depthseg.model import EncoderConfig, ModelConfig
 from depthseg.model.config import head_preset
@@ -64,9 +64,21 @@ def test_unknown_keys_name_the_key_and_the_file(tmp_path):
         load_config(path)
 
 
+def test_presets_load_by_name_from_the_package() -> None:
+    """An installed depthseg has its presets: ``load_config("vits")``, no checkout needed."""
+    import depthseg
+
+    shipped = Path(depthseg.__file__).parent / "presets"
+    assert preset_names() == ["demo", "tiny", "vitb", "vitl", "vits"]
+    for name in preset_names():
+        assert load_config(name) == load_config(shipped / f"{name}.yaml")
+    assert load_config("vits") == load_config(CONFIGS / "vits.yaml")  # configs/ links there
+
+
 def test_missing_and_invalid_files_are_clear_errors(tmp_path):
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(InputError, match="does not exist") as missing:
         load_config(tmp_path / "none.yaml")
+    assert "tiny, vitb, vitl, vits" in str(missing.value)
     broken = tmp_path / "broken.yaml"
     broken.write_text("model: [unclosed\n")
     with pytest.raises(InputError, match="not valid YAML") as err:

@@ -8,7 +8,8 @@ Three ways to map the same synthetic region with the same model and batch size:
   region-wide sliding-window sampler, a ``Dataset`` merging the GeoTIFFs that meet each window,
   a ``DataLoader`` (``--plain-workers`` workers), logits averaged into a region-sized array
   and one GeoTIFF written;
-- **pipeline**: ``jobs/map_region.py`` (plan, Ray Data read -> predict -> write, finalise).
+- **pipeline**: ``jobs/map_region.py``, run as ``python -m depthseg.mapping.cli`` (plan, Ray
+  Data read -> predict -> write, finalise).
 
 The plain loop and the pipeline each run in a subprocess, timed from ``Popen`` to exit (so end
 to end includes interpreter start, imports, model load and writing the outputs), with the peak
@@ -44,7 +45,6 @@ from depthseg.mapping.plainloop import RegionWindows, window_offsets
 from depthseg.mapping.predict import ChunkPredictor
 from depthseg.model import build_model
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # (figure, target ratio, the setting the target was set for)
 TARGETS = (
     ("pipeline_over_plain", 1.0, "end to end vs plain loop (vits, 4096 px)"),
@@ -69,6 +69,11 @@ class BenchOptions:
         grow: Also measure a 4x-per-side (16x area) region.
         num_cpus: CPUs of the pipeline's local Ray.
         plain_workers: DataLoader workers of the plain loop.
+        plain_batch_size: Batch size of the plain loop (default: ``batch_size``); the
+            pipeline on the CPU splits its batches into passes of about a megapixel
+            (:func:`~depthseg.mapping.predict.cpu_micro_batch`), which the plain loop as
+            users write it does not: give it the same pass size to compare forward passes
+            alike.
     """
 
     work_dir: Path
@@ -81,10 +86,11 @@ class BenchOptions:
     grow: bool = True
     num_cpus: int = 2
     plain_workers: int = 1
+    plain_batch_size: int | None = None
 
 
 def _bundle(options: BenchOptions) -> str:
-    config = load_config(REPO_ROOT / "configs" / f"{options.preset}.yaml").model
+    config = load_config(options.preset).model
     bands = (3, 2, 1, 4)[: config.in_channels]
     contract = Contract(band_indices=bands, band_names=("red", "green", "blue", "nir")[
         : len(bands)], input_dtype="uint16", value_range=(0, 1023), mean=(300.0,) * len(bands),
@@ -138,7 +144,7 @@ def _tree_rss_bytes(root: int) -> int:
 def _run_measured(command: list[str], what: str) -> tuple[float, int]:
     """Run ``command``; returns (wall seconds from Popen to exit, peak RSS of its tree)."""
     start = time.time()
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     peak = [0]
 
@@ -163,7 +169,7 @@ def run_pipeline_subprocess(options: BenchOptions, imagery: Path, bbox: tuple[fl
 
     ``wall_s`` runs from ``Popen`` to exit; the peak RSS is summed over the process tree.
     """
-    command = [sys.executable, str(REPO_ROOT / "jobs" / "map_region.py"),
+    command = [sys.executable, "-m", "depthseg.mapping.cli",
                "--bbox", *map(str, bbox), "--bbox-crs", crs, "--imagery", str(imagery),
                "--model", bundle, "--out", str(out),
                "--tile", str(options.tile), "--overlap", str(options.overlap),
@@ -185,7 +191,8 @@ def run_plain_subprocess(options: BenchOptions, imagery: Path, bbox: tuple[float
     times_path = out.with_suffix(".json")
     command = [sys.executable, "-m", "depthseg.mapping.plainloop", "--imagery", str(imagery),
                "--model", bundle, "--bounds", *map(str, bbox), "--tile", str(options.tile),
-               "--overlap", str(options.overlap), "--batch-size", str(options.batch_size),
+               "--overlap", str(options.overlap),
+               "--batch-size", str(options.plain_batch_size or options.batch_size),
                "--num-workers", str(options.plain_workers), "--out", str(out),
                "--json", str(times_path)]
     wall, peak = _run_measured(command, "plain loop")
@@ -263,12 +270,16 @@ def run_benchmark(options: BenchOptions) -> dict[str, Any]:
         count = min(options.batch_size, cover - first)
         predictor.predict_tiles(in_memory[np.arange(first, first + count) % len(in_memory)])
     model_s = time.perf_counter() - start
+    cpu_pass = predictor.micro_batch if device == "cpu" else None
     del windows, in_memory, predictor
 
     figures: dict[str, Any] = {
         "preset": options.preset, "tile": options.tile, "overlap": options.overlap,
         "chunk": options.chunk, "batch_size": options.batch_size,
-        "plain_workers": options.plain_workers, "device": device,
+        "plain_workers": options.plain_workers,
+        "plain_batch_size": options.plain_batch_size or options.batch_size,
+        "cpu_pass_tiles": cpu_pass,
+        "device": device,
         "torch_threads": torch.get_num_threads(), "region_px": options.region_px,
         "cover_tiles": cover, "model_tiles_per_s": cover / model_s,
     }

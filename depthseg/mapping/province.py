@@ -215,7 +215,7 @@ def _tiny_bundle(path: Path) -> str:
     from depthseg.model import build_model
 
     torch.manual_seed(0)
-    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml").model
+    config = load_config("tiny").model
     contract = _contract()
     return save_bundle(str(path), build_model(config), config, contract)
 
@@ -223,8 +223,7 @@ def _tiny_bundle(path: Path) -> str:
 def run_map(options: ProvinceOptions, imagery: Path, bbox: tuple[float, ...], bundle: str,
             out: Path, chunk: int, tile: int, overlap: int) -> dict[str, Any]:
     """``jobs/map_region.py`` as a user runs it; returns its ``run.json`` and output sizes."""
-    command = [sys.executable, str(Path(__file__).resolve().parents[2] / "jobs" /
-                                   "map_region.py"),
+    command = [sys.executable, "-m", "depthseg.mapping.cli",
                "--bbox", *map(str, bbox), "--bbox-crs", UTM49, "--imagery", str(imagery),
                "--model", bundle, "--out", str(out), "--chunk", str(chunk), "--tile", str(tile),
                "--overlap", str(overlap), "--batch-size", "8",

@@ -29,7 +29,7 @@ from depthseg.train.checkpoint import (
 from depthseg.train.data import LocalFeed
 from depthseg.train.loop import Hooks, RunSpec, build_optimizer, fit
 
-CONFIG = load_config("configs/tiny.yaml")
+CONFIG = load_config("tiny")
 
 
 class _WritesAMarker:

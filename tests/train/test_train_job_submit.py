@@ -112,7 +112,7 @@ def test_ray_job_submit_trains_and_exports_a_bundle(tmp_path, head_cluster):
     chips = scene_store(tmp_path, str(tmp_path / "store"), 256, 64, (0.75, 0.25, 0.0))
     runs = tmp_path / "runs"
     command = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
-               "--", "python", "jobs/train.py", "--config", "configs/tiny.yaml",
+               "--", "python", "jobs/train.py", "--config", "tiny",
                "--chips", chips, "--storage", str(runs), "--name", "submitted", "--epochs", "1"]
     for _ in range(15):  # the dashboard's job agent comes up a little after `ray start`
         job = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,

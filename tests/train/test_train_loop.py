@@ -18,7 +18,7 @@ from depthseg.train.data import LocalFeed, augment
 from depthseg.train.evaluate import evaluate
 from depthseg.train.loop import RunSpec, align_schedule, build_optimizer, fit
 
-CONFIG = load_config("configs/tiny.yaml")
+CONFIG = load_config("tiny")
 
 
 def _config(epochs: int = 3, batch: int = 2):

@@ -20,7 +20,7 @@ from depthseg.train.ray_train import Scaling, train
 @pytest.mark.slow
 def test_two_worker_ddp_run_learns_and_survives_a_failure(tmp_path, ray_local):
     chips = scene_store(tmp_path, str(tmp_path / "store"), 256, 64, (0.75, 0.25, 0.0))
-    base = load_config("configs/tiny.yaml")
+    base = load_config("tiny")
     config = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=3,
                                                                  batch_size=4))
     runs = tmp_path / "runs"
@@ -69,7 +69,7 @@ def test_two_worker_ddp_run_learns_and_survives_a_failure(tmp_path, ray_local):
 def test_run_storage_and_chips_on_s3(tmp_path, ray_local, s3_prefix, s3_storage):
     chips = scene_store(tmp_path, join(s3_prefix, "chips"), 128, 64, (0.5, 0.5, 0.0),
                         s3_storage)
-    base = load_config("configs/tiny.yaml")
+    base = load_config("tiny")
     config = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=2,
                                                                  batch_size=1))
     spec = RunSpec(config, chips, "", s3_storage, fault_after_epoch=1)
