@@ -35,7 +35,6 @@ if TYPE_CHECKING:
         lattice_halo,
         lattice_offsets,
         lattice_overlap,
-        round_to_patch,
         select_tiles,
         tile_windows,
     )
@@ -68,7 +67,6 @@ _WHERE = {
     "lattice_halo": "tiles",
     "lattice_offsets": "tiles",
     "lattice_overlap": "tiles",
-    "round_to_patch": "tiles",
     "select_tiles": "tiles",
     "tile_windows": "tiles",
 }
@@ -101,7 +99,6 @@ __all__ = [
     "parse_crs",
     "pixel_phase",
     "plan_grid",
-    "round_to_patch",
     "select_tiles",
     "tile_windows",
 ]

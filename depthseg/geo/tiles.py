@@ -311,13 +311,3 @@ def chunk_read_window(chunk_window: PixelWindow, halo: int) -> PixelWindow:
         height=chunk_window.height + 2 * halo,
         width=chunk_window.width + 2 * halo,
     )
-
-
-def round_to_patch(tile: int, patch: int = VIT_PATCH) -> int:
-    """The multiple of ``patch`` nearest to ``tile`` (ties round up), at least one patch.
-
-    A ViT with patch 14 takes any size, but a multiple of 14 avoids resampling the tile.
-    """
-    if tile < 1 or patch < 1:
-        raise InputError(f"tile {tile} and patch {patch} must be positive; give e.g. 518 and 14")
-    return max(patch, (tile + patch // 2) // patch * patch)

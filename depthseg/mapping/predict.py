@@ -37,7 +37,7 @@ from depthseg.mapping.layers import (
 from depthseg.model import normalize
 
 __all__ = ["CONFIDENCE_NODATA", "LANDCOVER_NODATA", "ChunkPrediction", "ChunkPredictor",
-           "DeviceBlender", "cpu_micro_batch", "encode", "encode_on_device", "pick_device"]
+           "DeviceBlender", "cpu_micro_batch", "encode_on_device", "pick_device"]
 
 
 # On the CPU a forward pass of more than about a megapixel of tiles runs slower per tile
@@ -216,7 +216,9 @@ class DeviceBlender:
 
 def encode_on_device(blended: torch.Tensor, valid: np.ndarray,
                      has_depth: bool, probabilities: bool = False) -> ChunkPrediction:
-    """Like :func:`encode`, on the device: only uint8/uint8/float16 layers are copied back.
+    """Blended (K + 1, row, col) probabilities + depth -> the stored layers, on the device.
+
+    Only the uint8/uint8/float16 layers are copied back to the host.
 
     ``probabilities`` also returns each class's blended probability as uint8
     ``round(254 x p)`` (255 = no data).
@@ -240,15 +242,3 @@ def encode_on_device(blended: torch.Tensor, valid: np.ndarray,
                            confidence=confidence.cpu().numpy(),
                            depth=depth16.to(torch.float16).cpu().numpy(),
                            probabilities=per_class)
-
-
-def encode(blended: np.ndarray, valid: np.ndarray, has_depth: bool) -> ChunkPrediction:
-    """Blended (K + 1, row, col) probabilities + depth -> the stored uint8/float16 layers."""
-    probs, depth = blended[:-1], blended[-1]
-    landcover = np.argmax(probs, axis=0).astype(np.uint8)
-    confidence = np.clip(np.rint(probs.max(axis=0) * 255), 1, 255).astype(np.uint8)
-    depth16 = depth.astype(np.float16) if has_depth else np.full(depth.shape, np.nan, np.float16)
-    landcover[~valid] = LANDCOVER_NODATA
-    confidence[~valid] = CONFIDENCE_NODATA
-    depth16[~valid] = np.nan
-    return ChunkPrediction(landcover=landcover, confidence=confidence, depth=depth16)

@@ -13,7 +13,6 @@ from depthseg.geo import (
     TileSpec,
     axis_offsets,
     chunk_read_window,
-    round_to_patch,
     tile_windows,
 )
 
@@ -97,14 +96,6 @@ def test_chunk_read_window_grows_on_all_sides() -> None:
     assert chunk_read_window(PixelWindow(0, 0, 8, 8), 0) == PixelWindow(0, 0, 8, 8)
 
 
-def test_round_to_patch() -> None:
-    assert round_to_patch(518) == 518
-    assert round_to_patch(512) == 518
-    assert round_to_patch(510) == 504
-    assert round_to_patch(3) == 14
-    assert round_to_patch(10, patch=4) == 12  # a tie rounds up
-
-
 @pytest.mark.parametrize(
     ("tile", "overlap", "message"),
     [
@@ -128,5 +119,3 @@ def test_bad_lengths_and_halo() -> None:
         chunk_read_window(PixelWindow(0, 0, 8, 8), -1)
     with pytest.raises(InputError, match="halo -2 is negative"):
         TileSpec(halo=-2)
-    with pytest.raises(InputError, match="must be positive"):
-        round_to_patch(0)
