@@ -4,8 +4,9 @@ Names are imported on first use (PEP 562): tiles and blending need only numpy, s
 stage loads without pyproj/shapely/odc-geo (which the output grid needs) on a bare GPU box.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from depthseg._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from depthseg.geo.blend import Blender, BlendKind, blend_weights, crop_halo
@@ -103,8 +104,4 @@ __all__ = [
     "tile_windows",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(import_module(f"depthseg.geo.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'depthseg.geo' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

@@ -6,8 +6,9 @@ Names are imported on first use (PEP 562), so ``depthseg.mapping.predict`` loads
 I/O stack (GDAL, Zarr, Ray) on a bare GPU box (``jobs/bench_model.py --predict-stage``).
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from depthseg._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from depthseg.mapping.pipeline import map_region
@@ -21,8 +22,4 @@ _WHERE = {"map_region": "pipeline", "MapRequest": "plan", "Plan": "plan", "make_
 __all__ = ["ChunkPrediction", "ChunkPredictor", "MapRequest", "Plan", "RunReport",
            "make_plan", "map_region"]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(import_module(f"depthseg.mapping.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'depthseg.mapping' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

@@ -8,8 +8,9 @@ mapping pipeline nor torch. The regions file still does, through the mapping pla
 model bundle's contract.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from depthseg._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from depthseg.schedule.cadence import Due, is_due, last_fire, parse_time, run_id
@@ -27,8 +28,4 @@ _WHERE = {
 __all__ = ["Due", "Region", "RunPlan", "RunResult", "execute_run", "is_due", "last_fire",
            "load_regions", "parse_regions", "parse_time", "plan_run", "run_id"]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(import_module(f"depthseg.schedule.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'depthseg.schedule' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

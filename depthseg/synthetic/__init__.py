@@ -8,13 +8,26 @@ and height agree the way they do in real data::
     region = make_region("out/", size=1024, seed=0)
     write_chip_pairs(region, "out/chips", chip_size=512)
 
-Submodules: :mod:`.scene` (in-memory physics), :mod:`.writer` (files), :mod:`.chips`.
+Submodules: :mod:`.scene` (in-memory physics), :mod:`.writer` (files), :mod:`.chips`. Names
+are imported on first use (the package convention, :mod:`depthseg._lazy`).
 """
 
-from depthseg.synthetic.chips import write_chip_pairs
-from depthseg.synthetic.classes import CLASS_NAMES, NODATA_LABEL, PALETTE
-from depthseg.synthetic.scene import BAND_NAMES, SceneArrays, simulate
-from depthseg.synthetic.writer import Region, make_region
+from typing import TYPE_CHECKING
+
+from depthseg._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from depthseg.synthetic.chips import write_chip_pairs
+    from depthseg.synthetic.classes import CLASS_NAMES, NODATA_LABEL, PALETTE
+    from depthseg.synthetic.scene import BAND_NAMES, SceneArrays, simulate
+    from depthseg.synthetic.writer import Region, make_region
+
+_WHERE = {
+    "write_chip_pairs": "chips",
+    "CLASS_NAMES": "classes", "NODATA_LABEL": "classes", "PALETTE": "classes",
+    "BAND_NAMES": "scene", "SceneArrays": "scene", "simulate": "scene",
+    "Region": "writer", "make_region": "writer",
+}
 
 __all__ = [
     "BAND_NAMES",
@@ -27,3 +40,5 @@ __all__ = [
     "simulate",
     "write_chip_pairs",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)
