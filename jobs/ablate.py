@@ -23,7 +23,6 @@ sys.path.insert(0, str(REPO_ROOT))
 from depthseg.config import load_config, parse_overrides  # noqa: E402
 from depthseg.errors import DepthSegError, InputError  # noqa: E402
 from depthseg.train.ablate import ROWS, AblationPlan, run_ablation  # noqa: E402
-from depthseg.train.loop import check_encoder_weights  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config key, e.g. --set encoder.weights=PATH")
     args = p.parse_args(argv)
+    from depthseg.train.loop import check_encoder_weights  # after parsing: --help needs no torch
+
     try:
         name = "demo" if args.preset == "tiny" else args.preset
         overrides = parse_overrides(args.set)

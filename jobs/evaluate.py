@@ -16,8 +16,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from depthseg.errors import DepthSegError  # noqa: E402
-from depthseg.io.storage import Storage  # noqa: E402
-from depthseg.train.evaluate import evaluate  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     args = p.parse_args(argv)
+    from depthseg.io.storage import Storage  # after parsing: --help needs no torch
+    from depthseg.train.evaluate import evaluate
+
     try:
         result = evaluate(args.model, args.chips, args.split, args.out, Storage.from_env(),
                           args.batch_size, args.device)

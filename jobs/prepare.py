@@ -25,8 +25,6 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from depthseg.classes import LIUZHOU_CLASSES  # noqa: E402
 from depthseg.errors import DepthSegError  # noqa: E402
-from depthseg.io.storage import Storage  # noqa: E402
-from depthseg.train.prepare import PrepareOptions, prepare_chips  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from depthseg.io.storage import Storage  # after parsing: --help needs no torch
+    from depthseg.train.prepare import PrepareOptions, prepare_chips
+
     opts = PrepareOptions(
         out=args.out, pairs=args.pairs, scenes=tuple(args.scenes), labels=tuple(args.label),
         label_map=args.label_map, gsd=args.gsd, resampling=args.resampling,

@@ -21,6 +21,7 @@ import sys
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -28,8 +29,9 @@ sys.path.insert(0, str(REPO_ROOT))
 from depthseg.errors import DepthSegError, InputError  # noqa: E402
 from depthseg.io.storage import Storage  # noqa: E402
 from depthseg.schedule.cadence import format_time, is_due, parse_time  # noqa: E402
-from depthseg.schedule.ledger import read_latest  # noqa: E402
-from depthseg.schedule.regions import Region, parse_regions, read_regions_text  # noqa: E402
+
+if TYPE_CHECKING:
+    from depthseg.schedule.regions import Region
 
 GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_CACHEMAX": "256",
             "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.vrt,.json,.zarr"}
@@ -100,7 +102,10 @@ def _error(region: str, err: BaseException) -> None:
 
 def run(args: argparse.Namespace, storage: Storage) -> int:
     """Decide, then dry-run, submit or run each due region; returns the exit code."""
+    # Imported here, not above: they load the mapping plan and torch; --help needs neither.
     from depthseg.schedule.incremental import describe, execute_run, plan_run
+    from depthseg.schedule.ledger import read_latest
+    from depthseg.schedule.regions import parse_regions, read_regions_text
     from depthseg.schedule.submit import submit_region, wait_for
 
     text = read_regions_text(args.regions, storage)

@@ -22,18 +22,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from depthseg.config import explicit_model_keys, load_config, parse_overrides  # noqa: E402
 from depthseg.errors import DepthSegError  # noqa: E402
-from depthseg.io.chips import ChipStore  # noqa: E402
-from depthseg.io.storage import Storage, join  # noqa: E402
-from depthseg.progress import quiet_ray  # noqa: E402
-from depthseg.train.loop import (  # noqa: E402
-    RunSpec,
-    check_batch_split,
-    check_encoder_weights,
-    fit_config_to_store,
-)
-from depthseg.train.ray_train import Scaling, train, worker_input_error  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,6 +57,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Imported once the arguments are parsed: --help answers without torch or Ray.
+    from depthseg.config import explicit_model_keys, load_config, parse_overrides
+    from depthseg.io.chips import ChipStore
+    from depthseg.io.storage import Storage, join
+    from depthseg.progress import quiet_ray
+    from depthseg.train.loop import (
+        RunSpec,
+        check_batch_split,
+        check_encoder_weights,
+        fit_config_to_store,
+    )
+    from depthseg.train.ray_train import Scaling, train, worker_input_error
+
     try:
         import ray
         import ray.data

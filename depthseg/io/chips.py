@@ -27,23 +27,13 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.storage import FsspecStore, LocalStore
 
 from depthseg.errors import InputError
-from depthseg.io.storage import Storage, scheme_of
+from depthseg.io.storage import Storage, open_zarr_store
 
 CHIPS_FORMAT = "depthseg-chips"
 CHIPS_VERSION = 1
 SPLITS = ("train", "val", "test")
-
-
-def open_zarr_store(uri: str, storage: Storage, read_only: bool = False) -> Any:
-    """A Zarr store for a local folder or ``s3://`` prefix."""
-    if scheme_of(uri) in ("", "file"):
-        return LocalStore(uri.removeprefix("file://"), read_only=read_only)
-    return FsspecStore.from_url(
-        uri, storage_options=storage.s3.fsspec_options(), read_only=read_only
-    )
 
 
 @dataclass(frozen=True)

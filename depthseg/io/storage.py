@@ -275,6 +275,17 @@ def object_fingerprint(uri: str, storage: Storage) -> str:
     return info_fingerprint(info, scheme_of(uri) in ("", "file"))
 
 
+def open_zarr_store(uri: str, storage: Storage, read_only: bool = False) -> Any:
+    """A Zarr store for a local folder or ``s3://`` prefix (zarr is imported here, not above)."""
+    from zarr.storage import FsspecStore, LocalStore
+
+    if scheme_of(uri) in _SCHEMES_LOCAL:
+        return LocalStore(uri.removeprefix("file://"), read_only=read_only)
+    return FsspecStore.from_url(
+        uri, storage_options=storage.s3.fsspec_options(), read_only=read_only
+    )
+
+
 def scheme_of(uri: str) -> str:
     """The URI scheme, ``""`` for plain paths (Windows drive letters count as paths)."""
     parsed = urlparse(uri)

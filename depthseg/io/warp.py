@@ -197,7 +197,7 @@ def open_zarr_variable(uri: str, storage: Storage, variable: str | None = None) 
     import rioxarray  # noqa: F401 - registers the .rio accessor
     import xarray as xr
 
-    from depthseg.io.chips import open_zarr_store
+    from depthseg.io.storage import open_zarr_store
 
     try:
         # Raw values: no-data stays the integer the mosaic declares, not a float NaN.

@@ -30,8 +30,7 @@ from affine import Affine
 from pyproj import CRS as ProjCRS
 
 from depthseg.geo import ChunkId, OutputGrid
-from depthseg.io.chips import open_zarr_store
-from depthseg.io.storage import Storage, join, with_retries
+from depthseg.io.storage import Storage, join, open_zarr_store, with_retries
 from depthseg.mapping.layers import CONFIDENCE_NODATA, LANDCOVER_NODATA, ChunkPrediction
 
 MOSAIC = "mosaic.zarr"

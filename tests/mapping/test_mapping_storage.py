@@ -13,9 +13,8 @@ import rioxarray  # noqa: F401 - registers .rio
 import xarray as xr
 from mapping_helpers import region_request
 
-from depthseg.io.chips import open_zarr_store
 from depthseg.io.s3server import FaultProxy
-from depthseg.io.storage import Storage
+from depthseg.io.storage import Storage, open_zarr_store
 from depthseg.mapping import map_region
 
 

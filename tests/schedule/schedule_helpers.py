@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from depthseg.io.chips import open_zarr_store
-from depthseg.io.storage import Storage
+from depthseg.io.storage import Storage, open_zarr_store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "tests" / "mapping"))
