@@ -46,77 +46,74 @@ class HeadPreset(NamedTuple):
     decoder_channels: tuple[int, int, int, int]
 
 
-def _unknown_encoder(name: str) -> InputError:
-    return InputError(
-        f"encoder.name={name!r} is not a known encoder; expected one of tiny, vits, vitb, "
-        "vitl; fix encoder.name in the model config"
-    )
+class SizePreset(NamedTuple):
+    """Everything that depends on the encoder size, in one row of :data:`SIZE_PRESETS`.
+
+    Attributes:
+        encoder: The DINOv2 shape. Layers follow Depth Anything's choice for DINOv2: evenly
+            spaced blocks ending at the last.
+        heads: Default widths of the depth head, prompter and decoder. The reassembly widths
+            (``dpt_channels``) are Depth Anything's for the same encoder; the fusion width,
+            prompter and decoder are sized so that all trainable parts together cost at most
+            about a third of the encoder's FLOPs on a 518 px tile, i.e. DepthSeg keeps >= 75 %
+            of its encoder's throughput (DESIGN section 8). Counts: docs/MODEL.md.
+        batch_size: The paper's batch size (8 / 4 / 2 for S / B / L; 4 for tiny).
+        timm_size: timm's DINOv2 model size (``vit_<size>_patch14_dinov2``); None for tiny,
+            which is built directly.
+    """
+
+    encoder: EncoderPreset
+    heads: HeadPreset
+    batch_size: int
+    timm_size: str | None
+
+
+SIZE_PRESETS: dict[str, SizePreset] = {
+    "tiny": SizePreset(EncoderPreset(64, 4, 2, (0, 1, 2, 3)),
+                       HeadPreset(16, (16, 32, 64, 64), (8, 16, 32, 32), (16, 32, 32, 32)),
+                       4, None),
+    "vits": SizePreset(EncoderPreset(384, 12, 6, (2, 5, 8, 11)),
+                       HeadPreset(48, (48, 96, 192, 384), (16, 32, 64, 128),
+                                  (32, 64, 128, 256)),
+                       8, "small"),
+    "vitb": SizePreset(EncoderPreset(768, 12, 12, (2, 5, 8, 11)),
+                       HeadPreset(96, (96, 192, 384, 768), (32, 64, 128, 256),
+                                  (64, 128, 256, 384)),
+                       4, "base"),
+    "vitl": SizePreset(EncoderPreset(1024, 24, 16, (4, 11, 17, 23)),
+                       HeadPreset(160, (256, 512, 1024, 1024), (48, 96, 192, 384),
+                                  (96, 192, 384, 512)),
+                       2, "large"),
+}
+
+
+def size_preset(name: str) -> SizePreset:
+    """The row of :data:`SIZE_PRESETS` for ``tiny``, ``vits``, ``vitb`` or ``vitl``.
+
+    Raises:
+        InputError: for any other name.
+    """
+    if name not in SIZE_PRESETS:
+        raise InputError(
+            f"encoder.name={name!r} is not a known encoder; expected one of "
+            f"{', '.join(SIZE_PRESETS)}; fix encoder.name in the model config"
+        )
+    return SIZE_PRESETS[name]
 
 
 def encoder_preset(name: str) -> EncoderPreset:
-    """The DINOv2 shape of an encoder size.
-
-    Layers follow Depth Anything's choice for DINOv2: evenly spaced blocks ending at the last.
-
-    Args:
-        name: ``tiny``, ``vits``, ``vitb`` or ``vitl``.
-
-    Raises:
-        InputError: for any other name.
-    """
-    match name:
-        case "tiny":
-            return EncoderPreset(64, 4, 2, (0, 1, 2, 3))
-        case "vits":
-            return EncoderPreset(384, 12, 6, (2, 5, 8, 11))
-        case "vitb":
-            return EncoderPreset(768, 12, 12, (2, 5, 8, 11))
-        case "vitl":
-            return EncoderPreset(1024, 24, 16, (4, 11, 17, 23))
-        case _:
-            raise _unknown_encoder(name)
+    """The DINOv2 shape of an encoder size (see :class:`SizePreset`)."""
+    return size_preset(name).encoder
 
 
 def head_preset(name: str) -> HeadPreset:
-    """Default widths of the depth head, prompter and decoder for an encoder size.
-
-    The reassembly widths (``dpt_channels``) are Depth Anything's for the same encoder; the
-    fusion width, prompter and decoder are sized so that all trainable parts together cost at
-    most about a third of the encoder's FLOPs on a 518 px tile, i.e. DepthSeg keeps >= 75 %
-    of its encoder's throughput (DESIGN section 8). Counts: docs/MODEL.md.
-
-    Args:
-        name: ``tiny``, ``vits``, ``vitb`` or ``vitl``.
-
-    Raises:
-        InputError: for any other name.
-    """
-    match name:
-        case "tiny":
-            return HeadPreset(16, (16, 32, 64, 64), (8, 16, 32, 32), (16, 32, 32, 32))
-        case "vits":
-            return HeadPreset(48, (48, 96, 192, 384), (16, 32, 64, 128), (32, 64, 128, 256))
-        case "vitb":
-            return HeadPreset(96, (96, 192, 384, 768), (32, 64, 128, 256), (64, 128, 256, 384))
-        case "vitl":
-            return HeadPreset(160, (256, 512, 1024, 1024), (48, 96, 192, 384), (96, 192, 384, 512))
-        case _:
-            raise _unknown_encoder(name)
+    """Default head widths for an encoder size (see :class:`SizePreset`)."""
+    return size_preset(name).heads
 
 
 def paper_batch_size(name: str) -> int:
     """The paper's batch size for an encoder size (8 / 4 / 2 for S / B / L; 4 for tiny)."""
-    match name:
-        case "tiny":
-            return 4
-        case "vits":
-            return 8
-        case "vitb":
-            return 4
-        case "vitl":
-            return 2
-        case _:
-            raise _unknown_encoder(name)
+    return size_preset(name).batch_size
 
 
 # ----------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch import Tensor, nn
 
 from depthseg.errors import InputError
-from depthseg.model.config import EncoderConfig
+from depthseg.model.config import EncoderConfig, size_preset
 
 # DINOv2 checkpoints store a 37 x 37 position grid (518 px at patch 14) and layer scale 1e-5.
 DINOV2_POS_GRID = 37
@@ -175,22 +175,12 @@ def build_vit(cfg: EncoderConfig) -> VisionTransformer:
         num_classes=0,
         dynamic_img_size=True,
     )
-    match cfg.name:
-        case "tiny":
-            vit = DinoV2VisionTransformer(**common, init_values=DINOV2_LAYER_SCALE_INIT,
-                                          reg_tokens=cfg.registers,
-                                          no_embed_class=cfg.registers > 0)
-        case "vits":
-            vit = _create(f"vit_small_patch14{reg}_dinov2", common)
-        case "vitb":
-            vit = _create(f"vit_base_patch14{reg}_dinov2", common)
-        case "vitl":
-            vit = _create(f"vit_large_patch14{reg}_dinov2", common)
-        case _:
-            raise InputError(
-                f"encoder.name={cfg.name!r} is not a known encoder; expected one of "
-                "tiny, vits, vitb, vitl; fix encoder.name in the model config"
-            )
+    timm_size = size_preset(cfg.name).timm_size
+    if timm_size is None:  # tiny: no timm name; the same DINOv2 blocks, built directly
+        vit = DinoV2VisionTransformer(**common, init_values=DINOV2_LAYER_SCALE_INIT,
+                                      reg_tokens=cfg.registers, no_embed_class=cfg.registers > 0)
+    else:
+        vit = _create(f"vit_{timm_size}_patch14{reg}_dinov2", common)
     return vit
 
 
