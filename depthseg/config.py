@@ -1,9 +1,10 @@
 """YAML presets -> typed configs: ``load_config(path) -> Config`` and back with ``dump_config``.
 
 A preset file has two sections, ``model`` (:class:`~depthseg.model.config.ModelConfig`, with
-``encoder`` nested) and ``train`` (:class:`~depthseg.model.config.TrainConfig`). Anything
-left out takes its default; ``train.batch_size`` left out takes the paper's batch size for
-the encoder (8 / 4 / 2 for S / B / L). Unknown keys are errors that name the key and file.
+``encoder`` nested) and ``train`` (:class:`TrainConfig`, defined here: the recipe is not the
+model's). Anything left out takes its default; ``train.batch_size`` left out takes the
+paper's batch size for the encoder (8 / 4 / 2 for S / B / L). Unknown keys are errors that
+name the key and file.
 
 The presets ship inside the package (``depthseg/presets/*.yaml``; ``configs/`` in a checkout
 links to them), so ``load_config("vits")`` works wherever depthseg is installed.
@@ -14,12 +15,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import yaml
 
 from depthseg.errors import InputError
-from depthseg.model.config import ModelConfig, TrainConfig, paper_batch_size
+from depthseg.model.config import ModelConfig, paper_batch_size
+from depthseg.schema import Section, check_fields, require
+
+Precision = Literal["bf16", "fp32"]
 
 SECTIONS = ("model", "train")
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
@@ -36,6 +40,95 @@ def resolve_config(path: str | Path) -> Path:
     if text in preset_names():
         return PRESETS_DIR / f"{text}.yaml"
     return Path(path)
+
+
+@dataclass(frozen=True)
+class TrainConfig(Section):
+    """The paper's training recipe: AdamW + MultiStepLR, L = w_D * L_D + w_cls * L_cls.
+
+    Attributes:
+        epochs: Passes over the training chips (paper: 50).
+        batch_size: Chips per optimiser step over all workers (paper: 8 / 4 / 2 for S / B / L;
+            :meth:`paper` fills it from the encoder size).
+        lr: AdamW initial learning rate.
+        weight_decay: AdamW weight decay.
+        betas: AdamW (beta1, beta2).
+        lr_gamma: MultiStepLR factor.
+        lr_milestones: Fractions of the total optimiser steps at which the lr is multiplied by
+            ``lr_gamma``; :meth:`milestone_steps` turns them into step numbers.
+        depth_loss_weight: w_D, weight of L_D = 1 - SSIM.
+        depth_l1_weight: Weight of a masked L1 term added to L_D at every depth scale (not in
+            the paper: 0 by default). With an nDSM target that is mostly exactly 0 (flat
+            ground) ``1 - SSIM`` alone let the demo's full-resolution depth collapse to 0;
+            the demo sets 1.
+        cls_loss_weight: w_cls, weight of the cross-entropy.
+        lr_reference_batch: The global batch ``lr`` was set for (the paper presets: their
+            8 / 4 / 2). A run with another global ``batch_size`` scales the lr linearly,
+            ``lr * batch_size / lr_reference_batch`` (Goyal et al. 2017); None: ``lr`` as given.
+        chip_size: Side of a training chip in pixels (paper: 512).
+        ignore_index: Label value excluded from L_cls and the metrics.
+        precision: ``bf16`` autocast on GPU (CPU runs fall back to fp32) or ``fp32``.
+        seed: Seed of weight init and data order.
+    """
+
+    _SECTION: ClassVar[str] = "train"
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_gamma: float = 0.2
+    lr_milestones: tuple[float, ...] = (0.3, 0.6)
+    depth_loss_weight: float = 1.0
+    depth_l1_weight: float = 0.0
+    cls_loss_weight: float = 1.0
+    lr_reference_batch: int | None = None
+    chip_size: int = 512
+    ignore_index: int = 255
+    precision: Precision = "bf16"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self, "train")
+        require(self.epochs > 0, f"train.epochs={self.epochs} must be > 0")
+        require(self.batch_size > 0, f"train.batch_size={self.batch_size} must be > 0")
+        require(self.lr > 0, f"train.lr={self.lr} must be > 0, e.g. 1.0e-4")
+        require(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} must be >= 0")
+        require(
+            all(0 <= b < 1 for b in self.betas),
+            f"train.betas={list(self.betas)} must be two numbers in [0, 1), e.g. [0.9, 0.999]",
+        )
+        require(0 < self.lr_gamma <= 1, f"train.lr_gamma={self.lr_gamma} must be in (0, 1]")
+        ms = self.lr_milestones
+        require(
+            all(0 < m < 1 for m in ms) and all(a < b for a, b in zip(ms, ms[1:], strict=False)),
+            f"train.lr_milestones={list(ms)} must be increasing fractions of the total steps "
+            "in (0, 1), e.g. [0.3, 0.6]",
+        )
+        require(
+            min(self.depth_loss_weight, self.cls_loss_weight, self.depth_l1_weight) >= 0,
+            f"train loss weights (depth {self.depth_loss_weight}, cls {self.cls_loss_weight}, "
+            f"depth_l1 {self.depth_l1_weight}) must be >= 0",
+        )
+        require(self.chip_size > 0, f"train.chip_size={self.chip_size} must be > 0")
+        require(self.lr_reference_batch is None or self.lr_reference_batch > 0,
+                 f"train.lr_reference_batch={self.lr_reference_batch} must be > 0 or null")
+
+    @property
+    def effective_lr(self) -> float:
+        """The lr this run uses: ``lr``, scaled linearly when ``lr_reference_batch`` is set."""
+        if self.lr_reference_batch is None:
+            return self.lr
+        return self.lr * self.batch_size / self.lr_reference_batch
+
+    @classmethod
+    def paper(cls, encoder_name: str, **overrides: Any) -> TrainConfig:
+        """The paper's recipe with its batch size for ``encoder_name``, then ``overrides``."""
+        return cls(**{"batch_size": paper_batch_size(encoder_name), **overrides})
+
+    def milestone_steps(self, total_steps: int) -> list[int]:
+        """MultiStepLR milestones in optimiser steps for a run of ``total_steps`` steps."""
+        return [max(1, round(m * total_steps)) for m in self.lr_milestones]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from depthseg._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from depthseg.model.baseline import DeepLabV3Baseline
-    from depthseg.model.config import EncoderConfig, ModelConfig, TrainConfig
+    from depthseg.model.config import EncoderConfig, ModelConfig
     from depthseg.model.depthseg import DepthSeg, DepthSegOutput, build_model, normalize
     from depthseg.model.encoder import (
         Encoder,
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "DeepLabV3Baseline": "baseline",
-    "EncoderConfig": "config", "ModelConfig": "config", "TrainConfig": "config",
+    "EncoderConfig": "config", "ModelConfig": "config",
     "DepthSeg": "depthseg", "DepthSegOutput": "depthseg", "build_model": "depthseg",
     "normalize": "depthseg",
     "Encoder": "encoder", "count_parameters": "encoder", "fit_to_patch": "encoder",
@@ -40,7 +40,6 @@ __all__ = [
     "EncoderConfig",
     "LossParts",
     "ModelConfig",
-    "TrainConfig",
     "build_model",
     "count_parameters",
     "fit_to_patch",

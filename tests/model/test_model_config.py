@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from depthseg.config import TrainConfig
 from depthseg.errors import InputError
-from depthseg.model import EncoderConfig, ModelConfig, TrainConfig
+from depthseg.model import EncoderConfig, ModelConfig
 from depthseg.model.config import head_preset
 
 
