@@ -11,7 +11,7 @@ Format (YAML)::
         out: s3://bucket/maps/liuzhou/     # region output root: runs/<run id>/, latest.json
         schedule: "0 2 * * *"              # 5-field cron, evaluated in UTC
         # optional map options (jobs/map_region.py's flags): crs, resolution, chunk, tile,
-        # overlap, batch_size, gpus, cpu_actors, stac_asset, resampling
+        # overlap, batch_size, gpus, cpu_actors, stac_asset, resampling, compile, write_stage
 
 Every problem is reported as one line naming the file, the region, the key, the value, what
 is expected and the fix (:class:`~depthseg.errors.InputError`).
@@ -49,6 +49,8 @@ _OPTIONS: dict[str, tuple[str, str, Any]] = {
     "cpu_actors": ("cpu_actors", "positive_int", 1),
     "stac_asset": ("stac_asset", "text", "image"),
     "resampling": ("resampling", "text_or_null", None),
+    "compile": ("compile", "bool", False),
+    "write_stage": ("write_stage", "write_stage", "auto"),
 }
 _EXPECTED = {
     "crs": "a CRS such as 'EPSG:4326'",
@@ -63,6 +65,8 @@ _EXPECTED = {
     "nonnegative_int": "an integer >= 0",
     "gpus": "an integer >= 0 (or omit it: every GPU Ray sees)",
     "text": "a non-empty string",
+    "bool": "true or false",
+    "write_stage": "'auto', 'separate' or 'actor'",
 }
 
 
@@ -145,6 +149,10 @@ def _option(where: str, key: str, kind: str, value: Any) -> Any:
         bad = not isinstance(value, str) or not value
         if kind.endswith("_or_null") and value is None:
             bad = False
+    elif kind == "bool":
+        bad = not isinstance(value, bool)
+    elif kind == "write_stage":
+        bad = value not in ("auto", "separate", "actor")
     if bad:
         raise _fail(where, f"key {key!r} is {value!r}; expected {_EXPECTED[kind]}; fix the value "
                            "or remove the key")

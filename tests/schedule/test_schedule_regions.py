@@ -28,11 +28,14 @@ def test_a_valid_file_fills_the_defaults() -> None:
     assert (request.bbox_crs, request.crs, request.chunk_size, request.tile) == (
         "EPSG:4326", "auto", None, None)  # chunk: the planner's; tile: the bundle's
     [tuned] = parse_regions(_text({**GOOD, "chunk": 1024, "gpus": 2, "resolution": 0.8,
-                                   "bbox_crs": "EPSG:32649", "resampling": "bilinear"}),
+                                   "bbox_crs": "EPSG:32649", "resampling": "bilinear",
+                                   "compile": True, "write_stage": "separate"}),
                             "r.yaml")
     request = tuned.request("x", gpus=7)
     assert (request.chunk_size, request.gpus, request.resolution, request.bbox_crs,
             request.resampling) == (1024, 2, 0.8, "EPSG:32649", "bilinear")
+    assert (request.compile, request.write_stage) == (True, "separate")
+    assert (region.request("x").compile, region.request("x").write_stage) == (False, "auto")
     assert parse_regions(_text(GOOD), "r.yaml")[0].request("x", gpus=3).gpus == 3
 
 
@@ -52,6 +55,8 @@ def test_a_valid_file_fills_the_defaults() -> None:
     ({"name": "liu zhou"}, ["regions[0]", "'name'", "'liu zhou'", "letters, digits"]),
     ({"out": 5}, ["'out'", "path or s3:// URI"]),
     ({"resampling": "bicubic"}, ["region 'liuzhou'", "'bicubic'", "bilinear"]),
+    ({"compile": "yes"}, ["'compile'", "'yes'", "true or false"]),
+    ({"write_stage": "later"}, ["'write_stage'", "'later'", "'separate'"]),
 ])
 def test_bad_values_name_region_key_value_and_fix(change: dict[str, Any],
                                                   words: list[str]) -> None:
