@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from depthseg.errors import DepthSegError, LeaseLostError
-from depthseg.geo import ChunkId, OutputGrid, TileSpec, chunk_read_window
+from depthseg.geo import ChunkId, OutputGrid, PixelWindow, TileSpec, chunk_read_window
 from depthseg.io import lease
 from depthseg.io.bundle import Bundle, Contract, load_bundle
 from depthseg.io.catalog import Scene, composite
@@ -87,6 +87,10 @@ class ChunkContext:
         """The dtype of the pixels handed to the model."""
         return self.dtype or self.source_dtype
 
+    def read_window(self, chunk: ChunkId) -> PixelWindow:
+        """The chunk + halo window every stage reads and predicts (computed only here)."""
+        return chunk_read_window(self.grid.chunk_window(chunk), self.tiles.halo_px)
+
 
 _SCENE_FIELDS = dataclasses.fields(Scene)
 
@@ -112,7 +116,7 @@ def scenes_from_text(text: str) -> list[Scene]:
 def read_chunk(ctx: ChunkContext, chunk: ChunkId, scenes: list[Scene],
                ) -> tuple[np.ndarray, np.ndarray]:
     """Chunk + halo pixels (band, row, col) and valid mask (row, col), composited, once."""
-    window = chunk_read_window(ctx.grid.chunk_window(chunk), ctx.tiles.halo_px)
+    window = ctx.read_window(chunk)
     pixels, valid = composite(scenes, ctx.storage, ctx.grid.crs,
                               ctx.grid.window_transform(window), window.height, window.width,
                               ctx.bands, ctx.resampling, ctx.source_dtype)
@@ -196,8 +200,7 @@ def _error_detail(err: BaseException) -> str:
 def read_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, Any]:
     """Ray Data read task: chunk rows (key, scenes, acquired) -> pixels + valid mask."""
     keys = [str(k) for k in batch["chunk"]]
-    window = chunk_read_window(ctx.grid.chunk_window(ChunkId.parse(keys[0])),
-                               ctx.tiles.halo_px)
+    window = ctx.read_window(ChunkId.parse(keys[0]))
     shape = (len(ctx.bands), window.height, window.width)
     pixels, valid, errors, details, seconds, retries = [], [], [], [], [], []
     for key, text in zip(keys, batch["scenes"], strict=True):
