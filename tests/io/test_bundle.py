@@ -14,8 +14,6 @@ from depthseg.io.bundle import Contract, load_bundle, read_manifest, save_bundle
 from depthseg.io.storage import join
 from depthseg.model import build_model
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 def _contract(channels: int, classes: int) -> Contract:
     return Contract(
@@ -33,7 +31,7 @@ def _contract(channels: int, classes: int) -> Contract:
 
 @pytest.fixture(scope="module")
 def tiny():
-    config = load_config(REPO_ROOT / "configs" / "tiny.yaml").model
+    config = load_config("tiny").model
     torch.manual_seed(0)
     model = build_model(config).eval()
     return config, model, _contract(config.in_channels, config.num_classes)
