@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast test-unit lint clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,13 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+# The unit lane: no S3 server, no Ray, no end-to-end runs (about a minute on 2 cores).
+test-unit: setup
+	$(BIN)/python -m pytest -m 'not slow and not services' tests/geo tests/model tests/io \
+		tests/schedule/test_schedule_regions.py tests/test_config.py tests/test_metrics.py \
+		tests/test_progress.py tests/test_jobs_help.py tests/mapping/test_mapping_blend.py \
+		$(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check depthseg jobs tests

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,3 +99,24 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = old
+
+
+SERVICE_FIXTURES = {"s3_server", "s3_storage", "s3_bucket", "s3_prefix", "ray_local"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests that use the S3 server or the shared Ray ``services`` (``make test-unit``)."""
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
+
+
+@pytest.fixture(autouse=True)
+def _unit_lane_starts_no_ray(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In the unit lane (``-m 'not services'``), a test that starts Ray fails: mark it."""
+    yield
+    if "not services" in (request.config.getoption("markexpr") or ""):
+        ray = sys.modules.get("ray")
+        assert ray is None or not ray.is_initialized(), (
+            "this test started Ray: it belongs to the services lane; give it the ray_local "
+            "fixture or mark it slow")
