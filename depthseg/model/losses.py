@@ -175,6 +175,7 @@ class DepthSegLoss(nn.Module):
         ssim_window: SSIM Gaussian window size.
         ssim_sigma: SSIM Gaussian sigma.
         depth_l1_weight: Weight of the masked L1 term in L_D (0: the paper's 1 - SSIM only).
+        class_weights: (K,) weights of the cross-entropy's classes, or None (all 1).
     """
 
     def __init__(
@@ -185,9 +186,12 @@ class DepthSegLoss(nn.Module):
         ssim_window: int = SSIM_WINDOW,
         ssim_sigma: float = SSIM_SIGMA,
         depth_l1_weight: float = 0.0,
+        class_weights: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.depth_l1_weight = depth_l1_weight
+        self.class_weights: Tensor | None
+        self.register_buffer("class_weights", class_weights, persistent=False)
         self.depth_weight = depth_weight
         self.cls_weight = cls_weight
         self.ignore_index = ignore_index
@@ -213,7 +217,8 @@ class DepthSegLoss(nn.Module):
         if labels.dim() == 4:
             labels = labels.squeeze(1)
         if bool((labels != self.ignore_index).any()):
-            l_cls = F.cross_entropy(logits.float(), labels, ignore_index=self.ignore_index)
+            l_cls = F.cross_entropy(logits.float(), labels, weight=self.class_weights,
+                                    ignore_index=self.ignore_index)
         else:  # cross_entropy of an all-ignored batch is NaN; keep the graph, add nothing
             l_cls = logits.float().sum() * 0.0
         if depths and teacher is not None:

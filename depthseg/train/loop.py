@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -292,6 +293,51 @@ def confusion_over(model: nn.Module, batches: Iterable[Batch], mean: Tensor, std
     return cm
 
 
+CLASS_SHARE_CHIPS = 256  # training chips read to estimate class shares (bounded at any size)
+
+
+def class_shares(store: ChipStore, num_classes: int, ignore_index: int = 255,
+                 seed: int = 0) -> np.ndarray:
+    """(K,) pixel share of each class in the training split.
+
+    Read from every training chip up to :data:`CLASS_SHARE_CHIPS`, else from that many
+    chosen with ``seed``: the labels only, so the cost stays bounded for a store of any size.
+    """
+    train = store.indices("train")
+    if len(train) > CLASS_SHARE_CHIPS:
+        train = np.sort(np.random.default_rng(seed).choice(train, CLASS_SHARE_CHIPS,
+                                                           replace=False))
+    labels = store.array("label")
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for index in train:
+        values = np.asarray(labels[int(index)]).ravel()
+        values = values[(values != ignore_index) & (values < num_classes)]
+        counts += np.bincount(values, minlength=num_classes)
+    total = counts.sum()
+    if total == 0:
+        raise InputError(f"the training split of {store.uri!r} has no labelled pixel; "
+                         "class_weighting needs labels: check the label rasters or set "
+                         "train.class_weighting=none")
+    return counts / total
+
+
+def class_weights(store: ChipStore, config: Config) -> np.ndarray | None:
+    """Cross-entropy class weights of ``train.class_weighting`` (None for ``none``).
+
+    ``inverse_sqrt``: ``1 / sqrt(share)``, scaled to mean 1 over the classes present; a class
+    absent from the training split gets weight 1 (it has no pixel to weigh).
+    """
+    tc = config.train
+    if tc.class_weighting == "none":
+        return None
+    shares = class_shares(store, config.model.num_classes, tc.ignore_index, tc.seed)
+    present = shares > 0
+    weights = np.ones_like(shares)
+    weights[present] = 1 / np.sqrt(shares[present])
+    weights[present] /= weights[present].mean()
+    return weights
+
+
 def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print) -> TrainState:
     """Train (or continue training) the run ``spec``; returns the final state."""
     hooks = hooks or Hooks(spec)
@@ -321,8 +367,15 @@ def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print)
             log_rank0(rank, log, f"epochs changed: LR milestones moved to "
                       f"{tc.milestone_steps(total)}, lr now {scheduler.get_last_lr()}")
     net = hooks.wrap(model)
+    weights = class_weights(store, cfg)
+    if weights is not None:
+        names = contract.class_names
+        log_rank0(rank, log, "class weights (" + tc.class_weighting + "): " + ", ".join(
+            f"{names[i] if i < len(names) else i} {w:.2f}" for i, w in enumerate(weights)))
     loss_fn = DepthSegLoss(tc.depth_loss_weight, tc.cls_loss_weight, tc.ignore_index,
-                           depth_l1_weight=tc.depth_l1_weight)
+                           depth_l1_weight=tc.depth_l1_weight,
+                           class_weights=None if weights is None else torch.tensor(
+                               weights, dtype=torch.float32, device=device))
     mean = torch.tensor(contract.mean, device=device)
     std = torch.tensor(contract.std, device=device)
     crop = min(tc.chip_size, store.schema.chip_size)

@@ -124,3 +124,19 @@ def test_depth_l1_term_adds_the_masked_mean_error_at_every_scale():
     # A flat prediction at 0 on the flat ground scores nearly perfect SSIM there; the L1 term
     # still pulls the building up.
     assert float(with_l1 - plain) > 0.05
+
+
+def test_class_weights_weigh_the_cross_entropy():
+    """A class weighted 0 leaves the loss; equal weights change nothing."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8)
+    labels = torch.randint(0, 3, (2, 8, 8))
+    plain = DepthSegLoss(depth_weight=0)(logits, [], labels).l_cls
+    same = DepthSegLoss(depth_weight=0, class_weights=torch.full((3,), 2.0))(
+        logits, [], labels).l_cls
+    torch.testing.assert_close(plain, same)
+    no_two = DepthSegLoss(depth_weight=0, class_weights=torch.tensor([1.0, 1.0, 0.0]))(
+        logits, [], labels).l_cls
+    without = labels.clone()
+    without[labels == 2] = 255
+    torch.testing.assert_close(no_two, DepthSegLoss(depth_weight=0)(logits, [], without).l_cls)

@@ -168,3 +168,31 @@ def test_evaluate_writes_reports_matching_direct_scores(chip_store, tmp_path, ca
         assert doc[key] == pytest.approx(direct[key])
     again = evaluate(str(tmp_path / "run" / "best"), chip_store, "test")
     assert again.scores["mIoU"] == pytest.approx(direct["mIoU"])
+
+
+def test_class_weights_follow_the_training_split(chip_store, tmp_path):
+    """inverse_sqrt: 1/sqrt(pixel share) of the training chips, mean 1; rarer weighs more."""
+    from depthseg.train.loop import class_shares, class_weights
+
+    store = ChipStore.open(chip_store, Storage())
+    labels = np.stack([np.asarray(store.array("label")[int(i)])
+                       for i in store.indices("train")])
+    counts = np.bincount(labels[labels != 255].ravel(), minlength=7)[:7]
+    np.testing.assert_allclose(class_shares(store, 7), counts / counts.sum())
+    assert class_weights(store, CONFIG) is None  # the paper's (and the default): none
+    weighted = dataclasses.replace(CONFIG, train=dataclasses.replace(
+        CONFIG.train, class_weighting="inverse_sqrt"))
+    weights = class_weights(store, weighted)
+    present = counts > 0
+    assert weights is not None and present.sum() >= 3
+    np.testing.assert_allclose(weights[present].mean(), 1.0)
+    rare, common = np.argmin(np.where(present, counts, np.inf)), np.argmax(counts)
+    assert weights[rare] > weights[common]
+    np.testing.assert_allclose(weights[rare] / weights[common],
+                               np.sqrt(counts[common] / counts[rare]))
+
+    lines: list[str] = []
+    spec = RunSpec(dataclasses.replace(weighted, train=dataclasses.replace(
+        weighted.train, epochs=1, batch_size=2)), chip_store, str(tmp_path / "run"), Storage())
+    fit(spec, LocalFeed(chip_store, Storage(), 2, 0), log=lines.append)
+    assert any(line.startswith("class weights (inverse_sqrt): ") for line in lines), lines
