@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         name = "demo" if args.preset == "tiny" else args.preset
-        overrides = parse_overrides(args.set)
+        # docs/ABLATION.md's tiny grid ran with the demo preset of then (lr 1e-3, no class
+        # weighting); pinned so the documented command reproduces it (--set changes them).
+        pinned = {"train.lr": 1e-3, "train.class_weighting": "none"} if name == "demo" else {}
+        overrides = {**pinned, **parse_overrides(args.set)}
         config = load_config(name, overrides)
         check_encoder_weights(config)
         epochs = args.epochs or (20 if args.preset == "tiny" else None)

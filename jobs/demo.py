@@ -29,6 +29,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from depthseg.config import load_config  # noqa: E402
 from depthseg.io.catalog import describe_scene  # noqa: E402
 from depthseg.io.s3server import LocalS3Server  # noqa: E402
 from depthseg.io.storage import Storage, join  # noqa: E402
@@ -65,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "demo-out", help="output folder")
     parser.add_argument("--size", type=int, default=2048, help="region size in pixels")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=30,
-                        help="training epochs (configs/demo.yaml: the tiny model, encoder trained)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training epochs (default: configs/demo.yaml's, the tiny model with "
+                             "its encoder trained)")
     args = parser.parse_args(argv)
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -106,11 +108,14 @@ def main(argv: list[str] | None = None) -> int:
           "--label", str(rgb.labels), "--height", str(rgb.height), "--bands", "1", "2", "3",
           "--chip-size", "256", "--block", "2", "--seed", str(args.seed)])
 
-    _step(f"train: the tiny model with its encoder trained (configs/demo.yaml), {args.epochs} "
+    epochs = args.epochs or load_config("demo").train.epochs
+    _step(f"train: the tiny model with its encoder trained (configs/demo.yaml), {epochs} "
           "epochs on a local Ray (1 CPU worker)")
-    _run(["jobs/train.py", "--config", "configs/demo.yaml", "--chips", str(chip_store),
-          "--storage", str(runs), "--name", "demo", "--epochs", str(args.epochs),
+    t0 = time.perf_counter()
+    _run(["jobs/train.py", "--config", "demo", "--chips", str(chip_store),
+          "--storage", str(runs), "--name", "demo", "--epochs", str(epochs),
           "--num-workers", "1"])
+    print(f"    trained in {time.perf_counter() - t0:.0f} s")
 
     _step("evaluate: the best bundle on the test split")
     _run(["jobs/evaluate.py", "--model", str(bundle), "--chips", str(chip_store),
