@@ -41,6 +41,8 @@ MAX_GSD_RATIO = 1.25
 MAX_RESAMPLE_RATIO = 4.0
 
 
+WRITE_STAGES = ("auto", "separate", "actor")  # MapRequest.write_stage's values
+
 @dataclass(frozen=True)
 class MapRequest:
     """Everything a user asks of one mapping run (the CLI's options).
@@ -129,7 +131,7 @@ class MapRequest:
         if not (math.isfinite(self.lease_timeout_s) and self.lease_timeout_s > 0):
             raise InputError(f"lease timeout {self.lease_timeout_s!r} s is not a positive number "
                              "of seconds; give e.g. --lease-timeout 300")
-        if self.write_stage not in ("auto", "separate", "actor"):
+        if self.write_stage not in WRITE_STAGES:
             raise InputError(f"write stage {self.write_stage!r} is not known; give 'auto', "
                              "'separate' or 'actor'")
         if self.resampling is not None:

@@ -30,7 +30,7 @@ import yaml
 from depthseg.errors import InputError
 from depthseg.geo.grid import parse_crs
 from depthseg.io.storage import Storage, join
-from depthseg.mapping.plan import MapRequest
+from depthseg.mapping.plan import WRITE_STAGES, MapRequest
 
 #: ``--regions env:NAME`` reads the file's text from an environment variable (submitted jobs).
 ENV_PREFIX = "env:"
@@ -152,7 +152,7 @@ def _option(where: str, key: str, kind: str, value: Any) -> Any:
     elif kind == "bool":
         bad = not isinstance(value, bool)
     elif kind == "write_stage":
-        bad = value not in ("auto", "separate", "actor")
+        bad = value not in WRITE_STAGES
     if bad:
         raise _fail(where, f"key {key!r} is {value!r}; expected {_EXPECTED[kind]}; fix the value "
                            "or remove the key")

@@ -369,9 +369,8 @@ def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print)
     net = hooks.wrap(model)
     weights = class_weights(store, cfg)
     if weights is not None:
-        names = contract.class_names
-        log_rank0(rank, log, "class weights (" + tc.class_weighting + "): " + ", ".join(
-            f"{names[i] if i < len(names) else i} {w:.2f}" for i, w in enumerate(weights)))
+        log_rank0(rank, log, f"class weights ({tc.class_weighting}): " + ", ".join(
+            f"{name} {w:.2f}" for name, w in zip(contract.class_names, weights, strict=True)))
     loss_fn = DepthSegLoss(tc.depth_loss_weight, tc.cls_loss_weight, tc.ignore_index,
                            depth_l1_weight=tc.depth_l1_weight,
                            class_weights=None if weights is None else torch.tensor(
