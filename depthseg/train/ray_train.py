@@ -31,7 +31,6 @@ from depthseg.io.chips import ChipStore
 from depthseg.io.storage import Storage, join, scheme_of
 from depthseg.train.checkpoint import (
     checkpoint_name,
-    frozen_names,
     local_copy,
     newest_checkpoint,
     persist_checkpoint,
@@ -107,9 +106,9 @@ class RayHooks(Hooks):
         import ray.train.torch
 
         model = sync_batch_norm(model, self.device(), self.world_size)
-        # Frozen parameters take no gradient: keep them out of DDP's buckets and broadcast.
-        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            model, sorted(frozen_names(model)))
+        # DDP puts only parameters that require a gradient in its buckets, so the frozen
+        # encoder costs no all-reduce; it is broadcast once, when DDP starts (every worker
+        # loaded the same weights anyway). No private torch API is needed for that.
         return ray.train.torch.prepare_model(model, move_to_device=False)
 
     def all_reduce(self, tensor: Tensor) -> Tensor:
