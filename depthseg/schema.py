@@ -28,7 +28,7 @@ _SCALAR_HINTS: dict[type, str] = {
 }
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against the annotation ``tp``; lists become tuples, ints become floats.
 
     Strings are accepted for float fields because YAML 1.1 reads ``1e-4`` as text.
@@ -40,7 +40,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return None
         non_none = [a for a in args if a is not type(None)]
         if len(non_none) == 1:
-            return _coerce(value, non_none[0], where)
+            return coerce(value, non_none[0], where)
     if origin is Literal:
         if value in args:
             return value
@@ -52,13 +52,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise InputError(f"{where}={value!r} is not a list; expected a list like [1, 2, 3, 4]")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+            return tuple(coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise InputError(
                 f"{where}={list(value)!r} has {len(value)} items; expected {len(args)}"
             )
         pairs = enumerate(zip(value, args, strict=True))
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in pairs)
+        return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in pairs)
     if tp in _SCALAR_HINTS:
         if tp is float and isinstance(value, str):
             with contextlib.suppress(ValueError):
@@ -81,7 +81,7 @@ def check_fields(obj: Any, prefix: str) -> None:
     """Coerce and check every field of the dataclass ``obj`` (errors name ``prefix.field``)."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
-        value = _coerce(getattr(obj, f.name), hints[f.name], f"{prefix}.{f.name}")
+        value = coerce(getattr(obj, f.name), hints[f.name], f"{prefix}.{f.name}")
         object.__setattr__(obj, f.name, value)
 
 

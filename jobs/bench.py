@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="batch size of the plain loop (default: --batch-size; on the "
                              "CPU the pipeline runs its batches in passes of about a "
                              "megapixel, e.g. 3 tiles of 518 px: give 3 to compare alike)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="the model's arithmetic in all three (auto: bf16 on CUDA, fp32 "
+                             "on the CPU)")
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the pipeline's Ray")
     parser.add_argument("--no-grow", action="store_true",
                         help="skip the 16x-region runs (pipeline and plain loop)")
@@ -90,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                                chunk=args.chunk or None, batch_size=args.batch_size,
                                grow=not args.no_grow, num_cpus=args.num_cpus,
                                plain_workers=args.plain_workers,
-                               plain_batch_size=args.plain_batch_size)
+                               plain_batch_size=args.plain_batch_size,
+                               precision=args.precision)
         figures = run_benchmark(options)
     print(format_figures(figures))
     if args.json:

@@ -12,11 +12,12 @@ from depthseg._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from depthseg.mapping.pipeline import map_region
-    from depthseg.mapping.plan import MapRequest, Plan, make_plan
+    from depthseg.mapping.plan import Plan, make_plan
     from depthseg.mapping.predict import ChunkPrediction, ChunkPredictor
     from depthseg.mapping.report import RunReport
+    from depthseg.mapping.request import MapRequest
 
-_WHERE = {"map_region": "pipeline", "MapRequest": "plan", "Plan": "plan", "make_plan": "plan",
+_WHERE = {"map_region": "pipeline", "MapRequest": "request", "Plan": "plan", "make_plan": "plan",
           "ChunkPrediction": "predict", "ChunkPredictor": "predict", "RunReport": "report"}
 
 __all__ = ["ChunkPrediction", "ChunkPredictor", "MapRequest", "Plan", "RunReport",

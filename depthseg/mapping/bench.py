@@ -74,6 +74,7 @@ class BenchOptions:
             (:func:`~depthseg.mapping.predict.cpu_micro_batch`), which the plain loop as
             users write it does not: give it the same pass size to compare forward passes
             alike.
+        precision: The model's arithmetic in all three (``--precision`` of map_region).
     """
 
     work_dir: Path
@@ -87,6 +88,7 @@ class BenchOptions:
     num_cpus: int = 2
     plain_workers: int = 1
     plain_batch_size: int | None = None
+    precision: str = "auto"
 
 
 def _bundle(options: BenchOptions) -> str:
@@ -173,7 +175,8 @@ def run_pipeline_subprocess(options: BenchOptions, imagery: Path, bbox: tuple[fl
                "--bbox", *map(str, bbox), "--bbox-crs", crs, "--imagery", str(imagery),
                "--model", bundle, "--out", str(out),
                "--tile", str(options.tile), "--overlap", str(options.overlap),
-               "--batch-size", str(options.batch_size), "--num-cpus", str(options.num_cpus)]
+               "--batch-size", str(options.batch_size), "--num-cpus", str(options.num_cpus),
+               "--precision", options.precision]
     if options.chunk:
         command += ["--chunk", str(options.chunk)]
     wall, peak = _run_measured(command, "map_region")
@@ -194,6 +197,7 @@ def run_plain_subprocess(options: BenchOptions, imagery: Path, bbox: tuple[float
                "--overlap", str(options.overlap),
                "--batch-size", str(options.plain_batch_size or options.batch_size),
                "--num-workers", str(options.plain_workers), "--out", str(out),
+               "--precision", options.precision,
                "--json", str(times_path)]
     wall, peak = _run_measured(command, "plain loop")
     times: dict[str, Any] = json.loads(times_path.read_text())
@@ -261,7 +265,7 @@ def run_benchmark(options: BenchOptions) -> dict[str, Any]:
                           for i in range(min(cover, 2 * options.batch_size))])
     predictor = ChunkPredictor(bundle.model, bundle.contract,
                                TileSpec(options.tile, options.overlap), options.batch_size,
-                               device=device)
+                               device=device, precision=options.precision)
     # Warm up on both batch shapes timed below (a full batch and the remainder).
     for count in {options.batch_size, cover % options.batch_size or options.batch_size}:
         predictor.predict_tiles(in_memory[np.arange(count) % len(in_memory)])
@@ -278,7 +282,7 @@ def run_benchmark(options: BenchOptions) -> dict[str, Any]:
         "chunk": options.chunk, "batch_size": options.batch_size,
         "plain_workers": options.plain_workers,
         "plain_batch_size": options.plain_batch_size or options.batch_size,
-        "cpu_pass_tiles": cpu_pass,
+        "cpu_pass_tiles": cpu_pass, "precision": options.precision,
         "device": device,
         "torch_threads": torch.get_num_threads(), "region_px": options.region_px,
         "cover_tiles": cover, "model_tiles_per_s": cover / model_s,

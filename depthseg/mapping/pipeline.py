@@ -105,8 +105,9 @@ def _start_output(request: MapRequest, plan: Plan, storage: Storage, mosaic: Mos
         if inputs is not None and storage.exists(inputs_uri):
             _check_inputs(request.out, json.loads(storage.read_bytes(inputs_uri)), inputs)
         if storage.read_bytes(plan_uri) != plan.to_json():
-            raise InputError(f"output {request.out!r} holds a different plan (grid, chunks, tiles"
-                             " or bands changed); rerun with the original options or a new --out")
+            raise InputError(f"output {request.out!r} holds a different plan (grid, chunks, "
+                             "tiles, bands or precision changed); rerun with the original "
+                             "options or a new --out")
         return mosaic.done_chunks() & set(plan.chunks)
     # The mosaic skeleton first, the plan last: a plan implies a usable mosaic.
     if inputs is not None:
@@ -261,7 +262,7 @@ def _ray_stream(ctx: ChunkContext, rows: list[dict[str, str]], request: MapReque
         fn_constructor_kwargs={"ctx": ctx, "model_uri": request.model, "bundle": bundle,
                                "gpus": request.gpus, "batch_size": request.batch_size,
                                "cpu_threads": cpu_threads, "compile_model": request.compile,
-                               "write": not separate_writes},
+                               "write": not separate_writes, "precision": request.precision},
         num_gpus=1 if request.gpus > 0 else 0, num_cpus=1)
     if separate_writes:
         # GPU actors hand the encoded chunk to write tasks (Zarr encoding, uploads; a quarter
@@ -433,7 +434,8 @@ def _map_with_lease(request: MapRequest, storage: Storage, bundle: Bundle | None
                 _ray_stream(ctx, rows, request, bundle, on_result)
             else:
                 predictor = ChunkPredictActor(ctx, request.model, bundle, request.gpus,
-                                              request.batch_size, compile_model=request.compile)
+                                              request.batch_size, compile_model=request.compile,
+                                              precision=request.precision)
                 run_local(ctx, rows, predictor, on_result)
         progress.close()
         report.seconds["map"] = time.perf_counter() - map_start

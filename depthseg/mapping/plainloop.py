@@ -38,6 +38,8 @@ from rasterio.warp import transform_bounds
 from torch.utils.data import DataLoader, Dataset
 
 from depthseg.io.bundle import load_bundle
+from depthseg.mapping.predict import autocast_dtype
+from depthseg.mapping.request import BATCH_SIZE, PRECISIONS
 from depthseg.model import normalize
 
 
@@ -108,10 +110,12 @@ def main(argv: list[str] | None = None) -> int:
                         metavar=("MINX", "MINY", "MAXX", "MAXY"))
     parser.add_argument("--tile", type=int, default=518)
     parser.add_argument("--overlap", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--out", required=True, help="output GeoTIFF")
     parser.add_argument("--json", default=None, help="write the times here")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="as map_region's --precision (auto: bf16 on CUDA, fp32 on CPU)")
     args = parser.parse_args(argv)
 
     bundle = load_bundle(args.model)
@@ -125,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     counts = np.zeros((data.height, data.width), dtype=np.float32)
     times: dict[str, float] = {"start": START}
     done = batches = first_batch_tiles = 0
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
-                                                enabled=device.type == "cuda"):
+    dtype = autocast_dtype(args.precision, device)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.bfloat16,
+                                                enabled=dtype is not None):
         for images in loader:
             inputs = normalize(images.to(device), contract.mean, contract.std)
             logits = model(inputs).logits.float().cpu().numpy()

@@ -32,122 +32,14 @@ from depthseg.geo import (
 )
 from depthseg.io.bundle import Contract
 from depthseg.io.catalog import Catalog
-from depthseg.io.warp import check_resampling, same_crs
+from depthseg.io.warp import same_crs
+from depthseg.mapping.request import MapRequest
 
 PLAN_FORMAT = "depthseg-map-plan"
 #: Imagery within this factor of the bundle's ground resolution is mapped at its own.
 MAX_GSD_RATIO = 1.25
 #: Beyond this factor the default refuses to resample (the user can still ask for it).
 MAX_RESAMPLE_RATIO = 4.0
-
-
-WRITE_STAGES = ("auto", "separate", "actor")  # MapRequest.write_stage's values
-
-@dataclass(frozen=True)
-class MapRequest:
-    """Everything a user asks of one mapping run (the CLI's options).
-
-    Attributes:
-        bbox: (minx, miny, maxx, maxy) in ``bbox_crs``.
-        imagery: Catalog URI (folder, prefix, glob, STAC ``.json``, ``.zarr``).
-        model: Model bundle URI.
-        out: Output folder or ``s3://`` prefix.
-        bbox_crs: CRS of the bbox.
-        crs: Output CRS, or ``"auto"``: the imagery's CRS when it is one projected metric CRS,
-            else the UTM zone of the bbox centre.
-        resolution: Output pixel size in metres; ``None``: the imagery's, or the bundle's
-            ground resolution when the imagery differs from it by more than 25 %;
-            ``"native"``: the imagery's whatever the bundle says.
-        chunk_size: Chunk side in pixels; None: a multiple of the tile stride near 2048 px
-            whose tiles fill whole batches (:func:`~depthseg.geo.tiles.lattice_chunk_size`:
-            1816 px for 518 px tiles with 64 px overlap), so no tile is computed twice.
-        tile: Model tile side in pixels; None: the bundle's tile size.
-        overlap: Tile overlap in pixels; None: about 64 (70 for 518 px tiles), at most a
-            quarter tile, so that the stride is a multiple of 64 where it can be
-            (:func:`~depthseg.geo.tiles.lattice_overlap`).
-        batch_size: Tiles per forward pass.
-        gpus: GPUs to use (one predict actor each); 0 runs CPU actors.
-        cpu_actors: Predict actors when there is no GPU.
-        resume: Continue an interrupted run in ``out``.
-        stac_asset: Asset key of STAC items.
-        executor: ``"ray"`` (Ray Data stream) or ``"local"`` (one process, for debugging).
-        resampling: How scenes in another CRS or resolution are warped onto the output grid
-            (``nearest``, ``bilinear``, ``cubic``, ``cubic_spline``, ``lanczos``,
-            ``average``); scenes already on the grid are copied as they are. None: what the
-            bundle's training used.
-        compile: ``torch.compile`` the model in every predict actor.
-        write_stage: Where chunks are written: ``"separate"`` (Ray Data write tasks after the
-            predict actors), ``"actor"`` (by the predict actor), or ``"auto"``: separate with
-            GPUs, in the actor on CPU-only runs.
-        bands: Imagery bands feeding the model's channels, in channel order: 1-based indices
-            or band names (descriptions); None: by the bundle's contract (see
-            :func:`resolve_bands`).
-        scale: Multiply pixels by this before the model (e.g. float reflectance -> the
-            bundle's integers); None: pixels go in as they are.
-        offset: Add this after ``scale``.
-        probabilities: Also write every class's probability: a uint8 COG per chunk, one
-            band per class (``round(254 x p)``, 255 = no data), and ``cog/probabilities.vrt``.
-        polygons: Also write the land cover as polygons: a GeoParquet dataset in
-            ``vector/landcover/``, each polygon whole across chunk borders
-            (:mod:`depthseg.mapping.polygons`).
-        zarr_format: 3 (default) or 2: the mosaic's Zarr format. Version 2 is what GDAL's
-            Zarr driver (and so QGIS) opens too; xarray reads both.
-        lease_timeout_s: Seconds without a heartbeat after which another run's lease on
-            ``out`` is stale and may be taken over (see :mod:`depthseg.io.lease`); a lease
-            whose process is gone (same host) is stale at once.
-    """
-
-    bbox: tuple[float, float, float, float]
-    imagery: str
-    model: str
-    out: str
-    bbox_crs: str = "EPSG:4326"
-    crs: str = "auto"
-    resolution: float | str | None = None
-    chunk_size: int | None = None
-    tile: int | None = None
-    overlap: int | None = None
-    batch_size: int = 8
-    gpus: int = 0
-    cpu_actors: int = 1
-    resume: bool = False
-    stac_asset: str = "image"
-    executor: str = "ray"
-    resampling: str | None = None
-    compile: bool = False
-    write_stage: str = "auto"
-    bands: tuple[str, ...] | None = None
-    scale: float | None = None
-    offset: float = 0.0
-    lease_timeout_s: float = 300.0
-    zarr_format: int = 3
-    probabilities: bool = False
-    polygons: bool = False
-
-    def __post_init__(self) -> None:
-        if self.zarr_format not in (2, 3):
-            raise InputError(f"--zarr-format {self.zarr_format!r} is not known; give 3 (default) "
-                             "or 2 (also opened by GDAL/QGIS)")
-        if not (math.isfinite(self.lease_timeout_s) and self.lease_timeout_s > 0):
-            raise InputError(f"lease timeout {self.lease_timeout_s!r} s is not a positive number "
-                             "of seconds; give e.g. --lease-timeout 300")
-        if self.write_stage not in WRITE_STAGES:
-            raise InputError(f"write stage {self.write_stage!r} is not known; give 'auto', "
-                             "'separate' or 'actor'")
-        if self.resampling is not None:
-            check_resampling(self.resampling)
-        if self.executor not in ("ray", "local"):
-            raise InputError(f"executor {self.executor!r} is not known; give 'ray' or 'local'")
-        if self.gpus < 0 or self.cpu_actors < 1:
-            raise InputError(f"gpus {self.gpus} / cpu_actors {self.cpu_actors} invalid; give "
-                             "gpus >= 0 and cpu_actors >= 1")
-        if isinstance(self.resolution, str) and self.resolution != "native":
-            raise InputError(f"--resolution {self.resolution!r} is not a number of metres or "
-                             "'native'; give e.g. --resolution 0.8")
-        if self.scale is not None and not (math.isfinite(self.scale) and self.scale != 0):
-            raise InputError(f"--scale {self.scale} must be a finite non-zero number, e.g. 10000")
-        if not math.isfinite(self.offset):
-            raise InputError(f"--offset {self.offset} must be a finite number")
 
 
 @dataclass
@@ -167,6 +59,7 @@ class Plan:
         zarr_format: The mosaic's Zarr format (2 or 3).
         probabilities: Per-class probability COGs are written too.
         polygons: Land-cover polygons (GeoParquet) are written too.
+        precision: The model's arithmetic, as asked (``auto`` resolves per device).
     """
 
     grid: OutputGrid
@@ -181,6 +74,7 @@ class Plan:
     zarr_format: int = 3
     probabilities: bool = False
     polygons: bool = False
+    precision: str = "auto"
 
     def clip_ring(self) -> list[tuple[float, float]]:
         """The bbox in the output CRS, edges densified: pixels outside it are no data."""
@@ -215,6 +109,8 @@ class Plan:
             data["probabilities"] = True
         if self.polygons:
             data["polygons"] = True
+        if self.precision != "auto":  # plans of the default precision hash as before
+            data["precision"] = self.precision
         return data
 
     def to_json(self) -> bytes:
@@ -479,7 +375,7 @@ def make_plan(request: MapRequest, catalog: Catalog, contract: Contract) -> Plan
                 bands=bands, bbox={"bbox": list(request.bbox), "crs": request.bbox_crs},
                 resampling=resampling, scale=scale, notes=notes,
                 zarr_format=request.zarr_format, probabilities=request.probabilities,
-                polygons=request.polygons)
+                polygons=request.polygons, precision=request.precision)
 
 
 def _union_bounds(catalog: Catalog, crs: str) -> tuple[float, ...]:

@@ -1,7 +1,8 @@
 """Predict one chunk: chunk + halo pixels -> land cover, confidence and depth for the chunk.
 
 Tiles are cut with :class:`~depthseg.geo.TileSpec`, sent to the device as raw uint8/uint16
-and normalised there, run in batches (bf16 autocast on CUDA), and blended with weights that
+and normalised there, run in batches (bf16 autocast on CUDA, and on the CPU when asked:
+:data:`~depthseg.mapping.request.PRECISIONS`), and blended with weights that
 fall towards zero at tile edges (the weights of :class:`~depthseg.geo.Blender`,
 accumulated on the device by :class:`DeviceBlender`). Classes are blended as
 softmax probabilities and depth as values, in one accumulator of K + 1 channels.
@@ -34,10 +35,22 @@ from depthseg.mapping.layers import (
     PROBABILITY_SCALE,
     ChunkPrediction,
 )
+from depthseg.mapping.request import BATCH_SIZE, PRECISIONS
 from depthseg.model import normalize
 
-__all__ = ["CONFIDENCE_NODATA", "LANDCOVER_NODATA", "ChunkPrediction", "ChunkPredictor",
-           "DeviceBlender", "cpu_micro_batch", "encode_on_device", "pick_device"]
+__all__ = ["CONFIDENCE_NODATA", "LANDCOVER_NODATA", "PRECISIONS", "ChunkPrediction",
+           "ChunkPredictor", "DeviceBlender", "autocast_dtype", "cpu_micro_batch",
+           "encode_on_device", "pick_device"]
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device`` (None: plain float32)."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision!r} is not known; give one of "
+                         f"{', '.join(PRECISIONS)}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
 
 
 # On the CPU a forward pass of more than about a megapixel of tiles runs slower per tile
@@ -61,9 +74,9 @@ class ChunkPredictor:
     """Runs a model over chunk + halo areas; one per actor, reused for every chunk."""
 
     def __init__(self, model: torch.nn.Module, contract: Contract, tiles: TileSpec,
-                 batch_size: int = 8, device: torch.device | str = "cpu",
+                 batch_size: int = BATCH_SIZE, device: torch.device | str = "cpu",
                  num_classes: int | None = None, compile_model: bool = False,
-                 micro_batch: int | None = None) -> None:
+                 micro_batch: int | None = None, precision: str = "auto") -> None:
         """Move the model to the device once.
 
         Args:
@@ -78,10 +91,12 @@ class ChunkPredictor:
                 is compiled.
             micro_batch: Tiles per forward pass within a batch (default: the whole batch on
                 CUDA, :func:`cpu_micro_batch` on the CPU). Results do not depend on it.
+            precision: One of :data:`PRECISIONS`.
         """
         if batch_size < 1:
             raise InputError(f"batch size {batch_size} must be >= 1; give e.g. 8")
         self.device = torch.device(device)
+        self.autocast_dtype = autocast_dtype(precision, self.device)
         self.model = model.to(self.device).eval()
         self.contract = contract
         self.tiles = tiles
@@ -107,10 +122,10 @@ class ChunkPredictor:
             batch = batch.to(torch.int32)
         images = normalize(batch, self.contract.mean, self.contract.std)
         count = images.shape[0]
-        use_bf16 = self.device.type == "cuda"
         probs_parts, depth_parts = [], []
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                    enabled=use_bf16):
+        with torch.inference_mode(), torch.autocast(
+                self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                enabled=self.autocast_dtype is not None):
             for first in range(0, count, self.micro_batch):
                 part = images[first:first + self.micro_batch]
                 size = part.shape[0]

@@ -33,6 +33,7 @@ from depthseg.io.storage import Storage, retries_so_far, sweep_temp_dirs
 from depthseg.mapping import products
 from depthseg.mapping.layers import PROBABILITY_NODATA
 from depthseg.mapping.predict import ChunkPrediction, ChunkPredictor, pick_device
+from depthseg.mapping.request import BATCH_SIZE
 from depthseg.mapping.write import LAYERS, Mosaic
 
 
@@ -235,9 +236,9 @@ class ChunkPredictActor:
     """
 
     def __init__(self, ctx: ChunkContext, model_uri: str | None = None,
-                 bundle: Bundle | None = None, gpus: int = 0, batch_size: int = 8,
+                 bundle: Bundle | None = None, gpus: int = 0, batch_size: int = BATCH_SIZE,
                  cpu_threads: int | None = None, compile_model: bool = False,
-                 write: bool = False) -> None:
+                 write: bool = False, precision: str = "auto") -> None:
         """Load the model onto this worker's device.
 
         Args:
@@ -253,6 +254,7 @@ class ChunkPredictActor:
             write: Also write each chunk here and return :func:`write_batch`'s rows: for
                 CPU-only runs, where the model shares the cores with the writes anyway and a
                 separate stage only adds a hop through the object store.
+            precision: The model's arithmetic (:data:`~depthseg.mapping.request.PRECISIONS`).
         """
         sweep_temp_dirs()  # COG temp folders of killed workers on this node
         if bundle is None:
@@ -264,7 +266,7 @@ class ChunkPredictActor:
             torch.set_num_threads(min(cpu_threads, os.cpu_count() or 1))
         self.predictor = ChunkPredictor(bundle.model, bundle.contract, ctx.tiles,
                                         batch_size=batch_size, device=device,
-                                        compile_model=compile_model)
+                                        compile_model=compile_model, precision=precision)
         self.write = write
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -32,8 +32,9 @@ from depthseg.io.catalog import Catalog, open_catalog
 from depthseg.io.storage import Storage, join, with_retries
 from depthseg.mapping import products
 from depthseg.mapping.pipeline import PLAN, SameFailure, map_region, open_output
-from depthseg.mapping.plan import MapRequest, Plan, make_plan
+from depthseg.mapping.plan import Plan, make_plan
 from depthseg.mapping.report import RunReport
+from depthseg.mapping.request import Executor, MapRequest
 from depthseg.mapping.stages import ChunkContext, write_products
 from depthseg.mapping.write import Mosaic
 from depthseg.schedule.cadence import format_time, run_id
@@ -129,7 +130,7 @@ def _scene_changes(before: dict[str, Any], now: dict[str, list[dict[str, Any]]]
 
 
 def plan_run(region: Region, fire: datetime, storage: Storage, gpus: int = 0,
-             executor: str = "ray") -> RunPlan:
+             executor: Executor = "ray") -> RunPlan:
     """Plan the run of ``region`` for fire time ``fire``; reads only, writes nothing.
 
     Raises:

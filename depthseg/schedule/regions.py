@@ -10,8 +10,9 @@ Format (YAML)::
         model: s3://bucket/models/vitb/    # model bundle URI
         out: s3://bucket/maps/liuzhou/     # region output root: runs/<run id>/, latest.json
         schedule: "0 2 * * *"              # 5-field cron, evaluated in UTC
-        # optional map options (jobs/map_region.py's flags): crs, resolution, chunk, tile,
-        # overlap, batch_size, gpus, cpu_actors, stac_asset, resampling, compile, write_stage
+        # optional map options (jobs/map_region.py's flags, checked the same way): crs,
+        # resolution, chunk, tile, overlap, batch_size, gpus, cpu_actors, stac_asset,
+        # resampling, compile, write_stage, precision
 
 Every problem is reported as one line naming the file, the region, the key, the value, what
 is expected and the fix (:class:`~depthseg.errors.InputError`).
@@ -28,48 +29,13 @@ from typing import Any
 import yaml
 
 from depthseg.errors import InputError
-from depthseg.geo.grid import parse_crs
 from depthseg.io.storage import Storage, join
-from depthseg.mapping.plan import WRITE_STAGES, MapRequest
+from depthseg.mapping.request import REGION_KEYS, Executor, MapRequest, check_option
 
 #: ``--regions env:NAME`` reads the file's text from an environment variable (submitted jobs).
 ENV_PREFIX = "env:"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _REQUIRED = ("name", "bbox", "imagery", "model", "out", "schedule")
-# Optional key -> (MapRequest field, kind, default).
-_OPTIONS: dict[str, tuple[str, str, Any]] = {
-    "bbox_crs": ("bbox_crs", "crs", "EPSG:4326"),
-    "crs": ("crs", "crs_or_auto", "auto"),
-    "resolution": ("resolution", "positive_or_null", None),
-    "chunk": ("chunk_size", "chunk_or_null", None),
-    "tile": ("tile", "positive_int_or_null", None),
-    "overlap": ("overlap", "nonnegative_int_or_null", None),
-    "batch_size": ("batch_size", "positive_int", 8),
-    "gpus": ("gpus", "gpus", None),
-    "cpu_actors": ("cpu_actors", "positive_int", 1),
-    "stac_asset": ("stac_asset", "text", "image"),
-    "resampling": ("resampling", "text_or_null", None),
-    "compile": ("compile", "bool", False),
-    "write_stage": ("write_stage", "write_stage", "auto"),
-}
-_EXPECTED = {
-    "crs": "a CRS such as 'EPSG:4326'",
-    "crs_or_auto": "'auto' or a CRS such as 'EPSG:32649'",
-    "positive_or_null": "a positive number of metres, or 'native' (or omit it: the imagery's "
-                        "own, or the model's training resolution)",
-    "positive_int_or_null": "a positive integer (or omit it: the model bundle's)",
-    "chunk_or_null": "a positive integer (or omit it: a multiple of the tile stride near 2048)",
-    "nonnegative_int_or_null": "an integer >= 0 (or omit it: about 64, at most a quarter tile)",
-    "text_or_null": "a non-empty string (or omit it: the model bundle's)",
-    "positive_int": "a positive integer",
-    "nonnegative_int": "an integer >= 0",
-    "gpus": "an integer >= 0 (or omit it: every GPU Ray sees)",
-    "text": "a non-empty string",
-    "bool": "true or false",
-    "write_stage": "'auto', 'separate' or 'actor'",
-}
-
-
 @dataclass(frozen=True)
 class Region:
     """One region of the regions file.
@@ -81,7 +47,7 @@ class Region:
         model: Model bundle URI.
         out: Output root of the region.
         schedule: 5-field cron string (UTC).
-        options: MapRequest keyword arguments (``chunk_size``, ``tile``, ...), defaults filled.
+        options: MapRequest keyword arguments the file sets (``chunk_size``, ``tile``, ...).
         gpus: GPUs per run; None: every GPU of the Ray cluster.
     """
 
@@ -94,7 +60,7 @@ class Region:
     options: tuple[tuple[str, Any], ...] = ()
     gpus: int | None = None
 
-    def request(self, out: str, gpus: int = 0, executor: str = "ray") -> MapRequest:
+    def request(self, out: str, gpus: int = 0, executor: Executor = "ray") -> MapRequest:
         """The map_region request of one run of this region, written to ``out``."""
         return MapRequest(bbox=self.bbox, imagery=self.imagery, model=self.model, out=out,
                           gpus=gpus if self.gpus is None else self.gpus, executor=executor,
@@ -126,39 +92,6 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _option(where: str, key: str, kind: str, value: Any) -> Any:
-    bad = False
-    if kind in ("crs", "crs_or_auto"):
-        if not isinstance(value, str) or not value:
-            bad = True
-        elif not (kind == "crs_or_auto" and value == "auto"):
-            try:
-                parse_crs(value, what=key)
-            except InputError:
-                bad = True
-    elif kind == "positive_or_null":
-        if value != "native":
-            bad = value is not None and not (_number(value) and value > 0)
-            value = None if value is None or bad else float(value)
-    elif kind.removesuffix("_or_null") in ("positive_int", "nonnegative_int", "gpus", "chunk"):
-        low = 1 if kind.startswith(("positive_int", "chunk")) else 0
-        bad = isinstance(value, bool) or not isinstance(value, int) or value < low
-        if (kind == "gpus" or kind.endswith("_or_null")) and value is None:
-            bad = False
-    elif kind.removesuffix("_or_null") == "text":
-        bad = not isinstance(value, str) or not value
-        if kind.endswith("_or_null") and value is None:
-            bad = False
-    elif kind == "bool":
-        bad = not isinstance(value, bool)
-    elif kind == "write_stage":
-        bad = value not in WRITE_STAGES
-    if bad:
-        raise _fail(where, f"key {key!r} is {value!r}; expected {_EXPECTED[kind]}; fix the value "
-                           "or remove the key")
-    return value
-
-
 def parse_region(entry: Any, index: int, source: str) -> Region:
     """Validate one entry of ``regions:``."""
     where = f"{source}: regions[{index}]"
@@ -170,9 +103,9 @@ def parse_region(entry: Any, index: int, source: str) -> Region:
     elif "name" in entry:
         raise _fail(where, f"key 'name' is {name!r}; expected letters, digits, '_', '.', '-' "
                            "(it names run folders and Ray jobs), e.g. 'liuzhou'")
-    unknown = sorted(set(entry) - set(_REQUIRED) - set(_OPTIONS), key=str)
+    unknown = sorted(set(entry) - set(_REQUIRED) - set(REGION_KEYS), key=str)
     if unknown:
-        known = ", ".join([*_REQUIRED, *_OPTIONS])
+        known = ", ".join([*_REQUIRED, *REGION_KEYS])
         raise _fail(where, f"unknown key {unknown[0]!r}; expected one of {known}; fix its "
                            "spelling or remove it")
     missing = [k for k in _REQUIRED if k not in entry]
@@ -196,9 +129,16 @@ def parse_region(entry: Any, index: int, source: str) -> Region:
                            "(UTC), e.g. '0 2 * * *' for 02:00 daily")
     options: dict[str, Any] = {}
     gpus = None
-    for key, (field_name, kind, default) in _OPTIONS.items():
-        value = _option(where, key, kind, entry[key]) if key in entry else default
-        if key == "gpus":
+    for key in sorted(set(entry) & set(REGION_KEYS)):
+        field_name, value = REGION_KEYS[key], entry[key]
+        if field_name == "gpus" and value is None:
+            continue  # every GPU of the cluster, as when the key is left out
+        try:
+            value = check_option(field_name, value, f"key {key!r}",
+                                 "fix the value or remove the key")
+        except InputError as err:
+            raise _fail(where, str(err)) from err
+        if field_name == "gpus":
             gpus = value
         else:
             options[field_name] = value

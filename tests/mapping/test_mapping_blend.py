@@ -185,3 +185,44 @@ def test_compiled_predictor_matches_eager_with_a_short_last_batch() -> None:
     assert np.abs(got.confidence.astype(int) - expected.confidence).max() <= 1
     np.testing.assert_allclose(got.depth.astype(float), expected.depth.astype(float),
                                atol=2e-3)
+
+
+class _DtypeProbe(LocalModel):
+    """LocalModel that records the dtype its convolutions computed in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[torch.dtype] = set()
+
+    def forward(self, images: torch.Tensor) -> Any:
+        out = super().forward(images)
+        self.seen.add(out.logits.dtype)
+        return out
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("auto", torch.float32),
+                                                  ("fp32", torch.float32),
+                                                  ("bf16", torch.bfloat16)])
+def test_precision_sets_the_models_arithmetic_on_the_cpu(precision: str,
+                                                         dtype: torch.dtype) -> None:
+    """``--precision bf16`` runs the model in bf16 on the CPU too; auto stays fp32 there.
+
+    Blending and encoding stay float32, so bf16 changes a class only where two are close.
+    """
+    contract = contract_for("uint8", (1, 2, 3))
+    pixels = np.random.default_rng(3).integers(0, 255, size=(3, 200, 200)).astype(np.uint8)
+    valid = np.ones((200, 200), dtype=bool)
+    probe = _DtypeProbe()
+    got = ChunkPredictor(probe, contract, TileSpec(70, 14), precision=precision
+                         ).predict_chunk(pixels, valid)
+    expected = ChunkPredictor(LocalModel(), contract, TileSpec(70, 14), precision="fp32"
+                              ).predict_chunk(pixels, valid)
+    assert probe.seen == {dtype}
+    assert got.depth.dtype == np.float16
+    agree = (got.landcover == expected.landcover).mean()
+    if dtype == torch.float32:
+        np.testing.assert_array_equal(got.landcover, expected.landcover)
+    else:
+        assert agree > 0.97, agree
+        assert np.abs(got.depth.astype(float) - expected.depth.astype(float)).max() < 0.02
+

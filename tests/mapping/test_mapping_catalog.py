@@ -175,5 +175,5 @@ def test_resampling_of_a_smooth_field_in_another_crs(tmp_path: Path) -> None:
 def test_unknown_resampling_is_refused() -> None:
     from depthseg.mapping import MapRequest
 
-    with pytest.raises(InputError, match="resampling 'bicubic' is not known.*bilinear"):
+    with pytest.raises(InputError, match="--resampling is 'bicubic'.*bilinear"):
         MapRequest(bbox=(0, 0, 1, 1), imagery="x", model="y", out="z", resampling="bicubic")

@@ -219,6 +219,18 @@ def test_resume_of_a_complete_run_maps_nothing_and_keeps_bytes(
     assert before == {p: p.read_bytes() for p in (out / "mosaic.zarr").rglob("c/*/*")}
 
 
+def test_resume_in_another_precision_is_refused(mapped: tuple[Path, Any],
+                                                synthetic_region: Any,
+                                                bundle_uint16: str) -> None:
+    """One mosaic never mixes fp32 and bf16 chunks: the precision is part of the plan."""
+    out, _ = mapped
+    plan_bytes = (out / "plan.json").read_bytes()
+    with pytest.raises(InputError, match="holds a different plan"):
+        map_region(region_request(synthetic_region, out, bundle_uint16, chunk_size=320,
+                                  resume=True, precision="bf16"))
+    assert (out / "plan.json").read_bytes() == plan_bytes
+
+
 def test_a_deleted_done_marker_is_recomputed_identically(
         mapped: tuple[Path, Any], synthetic_region: Any, bundle_uint16: str) -> None:
     out, _ = mapped
