@@ -104,11 +104,6 @@ class RunPlan:
                        f" from run {self.previous['run']}" if self.previous else "")
 
 
-def read_window_bounds(plan: Plan, chunk: ChunkId) -> tuple[float, float, float, float]:
-    """Bounds (output CRS) of the chunk's read window: chunk + halo, as the reader reads it."""
-    return plan.read_bounds(chunk)
-
-
 def chunk_scenes(catalog: Catalog, plan: Plan, storage: Storage
                  ) -> dict[str, list[dict[str, Any]]]:
     """For every planned chunk, the scenes meeting its read window, with fingerprints."""

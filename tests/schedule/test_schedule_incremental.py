@@ -40,7 +40,6 @@ from schedule_helpers import (
 from depthseg.io.catalog import open_catalog
 from depthseg.io.storage import Storage
 from depthseg.mapping import map_region
-from depthseg.schedule.incremental import read_window_bounds
 
 NOW_1 = "2026-11-27T02:30:00Z"
 NOW_2 = "2026-11-28T02:30:00Z"
@@ -139,7 +138,7 @@ def _touched(scenario: Any, scene_uri: str) -> set[str]:
     [scene] = [s for s in catalog.scenes if s.uri == scene_uri]
     footprint = shapely.box(*scene.bounds)  # scenes are in the grid's CRS
     return {c.key for c in plan.chunks
-            if footprint.intersection(shapely.box(*read_window_bounds(plan, c))).area > 0}
+            if footprint.intersection(shapely.box(*plan.read_bounds(c))).area > 0}
 
 
 def test_changed_scene_recomputes_only_its_chunks(
