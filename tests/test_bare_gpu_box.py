@@ -28,3 +28,13 @@ def test_bench_model_times_the_predict_stage(tmp_path: Path) -> None:
     stage = json.loads(result.read_text())["results"]["tiny"]["predict_stage"]
     assert stage["tiles_per_chunk"] == 9 and stage["predict_eager_tiles_per_s"] > 0
     assert 0 < stage["over_encoder_eager"] < 2
+
+
+def test_planning_and_mapping_stages_do_not_need_odc_geo() -> None:
+    """odc-geo is optional interop (``depthseg[odc]``): the pipeline never imports it."""
+    code = ("import sys, depthseg.geo.grid, depthseg.mapping.plan, depthseg.mapping.stages, "
+            "depthseg.mapping.pipeline, depthseg.schedule.incremental; "
+            "print([m for m in sys.modules if m == 'odc' or m.startswith('odc.')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO_ROOT)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -12,6 +12,15 @@ half a pixel onto a grid through x=0). Chunks are ``chunk_size`` x
 indices. A run's :class:`OutputGrid` is a rectangle of whole chunks, so two runs over
 overlapping or neighbouring regions give the same chunk the same id and the same pixels: their
 mosaics line up exactly and a chunk can be resumed or re-mapped on its own.
+
+The grid is this module's own maths, not odc-geo's ``GridSpec``: what it must guarantee is
+that every run computes bit-identical coordinates from integer global indices and a
+sub-pixel phase, and that chunk ids are exact integers (resume, incremental runs and
+neighbouring runs depend on both). pyproj and shapely do the geodesy. odc-geo is optional
+interop (``pip install 'depthseg[odc]'``): :meth:`OutputGrid.geobox`,
+:meth:`OutputGrid.chunk_geobox` and :meth:`OutputGrid.from_geobox` hand grids to and from
+odc-stac/xarray code, and odc-geo geometries are accepted as footprints; nothing in the
+pipeline needs it.
 """
 
 from __future__ import annotations
@@ -20,23 +29,24 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 import numpy as np
 import shapely
 from affine import Affine
-from odc.geo import geom as odc_geom
-from odc.geo.geobox import GeoBox
 from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 from shapely.geometry.base import BaseGeometry
 
 from depthseg.errors import InputError
 
+if TYPE_CHECKING:
+    from odc.geo.geobox import GeoBox
+
 Bounds: TypeAlias = tuple[float, float, float, float]
 """(minx, miny, maxx, maxy) in CRS units, the order of shapely and rasterio."""
 
-Footprint: TypeAlias = BaseGeometry | odc_geom.Geometry | Sequence[float]
+Footprint: TypeAlias = BaseGeometry | Sequence[float] | Any
 """A shapely geometry, an odc-geo geometry (reprojected if it has another CRS) or bounds."""
 
 DEFAULT_CHUNK_SIZE = 2048
@@ -220,8 +230,8 @@ class OutputGrid:
         return range(first, first + self.width // self.chunk_size)
 
     def geobox(self) -> GeoBox:
-        """The grid as an odc-geo GeoBox (shape is (rows, cols))."""
-        return GeoBox(self.shape, self.transform, self.crs)
+        """The grid as an odc-geo GeoBox (shape is (rows, cols)); needs odc-geo installed."""
+        return self.window_geobox(PixelWindow(0, 0, self.height, self.width))
 
     @classmethod
     def from_geobox(cls, geobox: GeoBox, chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -275,8 +285,9 @@ class OutputGrid:
                 _coord(px + col_right * res), _coord(py - row_top * res))
 
     def window_geobox(self, window: PixelWindow) -> GeoBox:
-        """A window (e.g. chunk + halo) as an odc-geo GeoBox, for reprojecting imagery onto it."""
-        return GeoBox((window.height, window.width), self.window_transform(window), self.crs)
+        """A window (e.g. chunk + halo) as an odc-geo GeoBox (e.g. for ``odc.stac.load``)."""
+        return _geobox_class()((window.height, window.width), self.window_transform(window),
+                               self.crs)
 
     def chunks(self) -> list[ChunkId]:
         """All chunks of the grid, row-major (top row first, left to right)."""
@@ -341,14 +352,17 @@ class OutputGrid:
         return sorted(found)
 
     def _as_shapes(self, footprints: Any) -> list[BaseGeometry]:
-        if _is_bounds(footprints) or isinstance(footprints, (BaseGeometry, odc_geom.Geometry)):
+        if _is_bounds(footprints) or _is_geometry(footprints):
             footprints = [footprints]
         shapes = []
         for item in footprints:
-            if isinstance(item, odc_geom.Geometry) and item.crs not in (None, self.crs):
-                shapes.append(reproject_geometry(item.geom, str(item.crs), self.crs))
-            elif isinstance(item, (BaseGeometry, odc_geom.Geometry)):
-                shapes.append(getattr(item, "geom", item))
+            if isinstance(item, BaseGeometry):
+                shapes.append(item)
+            elif _is_geometry(item):  # an odc-geo Geometry: shapely inside, its own CRS
+                crs = item.crs
+                same = crs is None or parse_crs(str(crs)) == parse_crs(self.crs)
+                shapes.append(item.geom if same else
+                              reproject_geometry(item.geom, str(crs), self.crs))
             elif _is_bounds(item):
                 shapes.append(shapely.box(*item))
             else:
@@ -372,6 +386,21 @@ def reproject_geometry(shape: BaseGeometry, src_crs: str, dst_crs: str) -> BaseG
     return shapely.transform(
         shape, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))
     )
+
+
+def _is_geometry(value: Any) -> bool:
+    """A shapely geometry, or an odc-geo Geometry (a shapely ``geom`` and a ``crs``)."""
+    return isinstance(value, BaseGeometry) or (
+        isinstance(getattr(value, "geom", None), BaseGeometry) and hasattr(value, "crs"))
+
+
+def _geobox_class() -> Any:
+    try:
+        from odc.geo.geobox import GeoBox
+    except ImportError as err:
+        raise InputError("OutputGrid geoboxes need odc-geo, which is optional; install it "
+                         "with pip install 'depthseg[odc]' (or pip install odc-geo)") from err
+    return GeoBox
 
 
 def _is_bounds(value: Any) -> bool:
