@@ -136,6 +136,9 @@ def quiet_ray(verbose: bool = False) -> dict[str, Any]:
     import ray
 
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+    # Ray Data configures its logger when it is first imported, which may have been before
+    # this call (Ray Train imports it): set the driver's level directly too.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     # Notices that are not about this job: the local cluster's token authentication and the
     # progress bars we turn off ourselves. (The core worker's C++ notes stay: quieting them
     # through RAY_BACKEND_LOG_LEVEL makes every process print that it did.)

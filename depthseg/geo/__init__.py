@@ -1,7 +1,7 @@
 """Pure grid maths for mapping: output grid, chunks, halos, tiles, blending weights. No I/O.
 
 Names are imported on first use (PEP 562): tiles and blending need only numpy, so the predict
-stage loads without pyproj/shapely/odc-geo (which the output grid needs) on a bare GPU box.
+stage loads without pyproj/shapely (which the output grid needs) on a bare GPU box.
 """
 
 from typing import TYPE_CHECKING
@@ -11,7 +11,6 @@ from depthseg._lazy import lazy_exports
 if TYPE_CHECKING:
     from depthseg.geo.blend import Blender, BlendKind, blend_weights, crop_halo
     from depthseg.geo.grid import (
-        DEFAULT_CHUNK_SIZE,
         Bounds,
         ChunkId,
         OutputGrid,
@@ -24,6 +23,7 @@ if TYPE_CHECKING:
         reproject_geometry,
     )
     from depthseg.geo.tiles import (
+        DEFAULT_CHUNK_SIZE,
         DEFAULT_OVERLAP,
         DEFAULT_TILE,
         VIT_PATCH,
@@ -45,7 +45,7 @@ _WHERE = {
     "BlendKind": "blend",
     "blend_weights": "blend",
     "crop_halo": "blend",
-    "DEFAULT_CHUNK_SIZE": "grid",
+    "DEFAULT_CHUNK_SIZE": "tiles",
     "Bounds": "grid",
     "ChunkId": "grid",
     "OutputGrid": "grid",

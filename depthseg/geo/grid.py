@@ -39,6 +39,7 @@ from pyproj.exceptions import CRSError
 from shapely.geometry.base import BaseGeometry
 
 from depthseg.errors import InputError
+from depthseg.geo.tiles import DEFAULT_CHUNK_SIZE
 
 if TYPE_CHECKING:
     from odc.geo.geobox import GeoBox
@@ -49,7 +50,6 @@ Bounds: TypeAlias = tuple[float, float, float, float]
 Footprint: TypeAlias = BaseGeometry | Sequence[float] | Any
 """A shapely geometry, an odc-geo geometry (reprojected if it has another CRS) or bounds."""
 
-DEFAULT_CHUNK_SIZE = 2048
 
 # Snapping tolerance in chunks: a bbox edge on a chunk boundary up to float noise must not pull
 # in a whole extra row of chunks (1e-9 chunk is micrometres).

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TILE = 518  # 37 x the ViT patch 14: DINOv2's native 518 px input
 DEFAULT_OVERLAP = 64
+DEFAULT_CHUNK_SIZE = 2048  # the chunk side the default chunk size stays near
 VIT_PATCH = 14
 
 
@@ -155,7 +156,7 @@ def lattice_overlap(tile: int, least: int = DEFAULT_OVERLAP) -> int:
 
 
 def lattice_chunk_size(tile: int, overlap: int, batch_size: int = 8,
-                       target: int = 2048) -> int:
+                       target: int = DEFAULT_CHUNK_SIZE) -> int:
     """A chunk side that is a multiple of the stride, near ``target``.
 
     Its tile count per chunk (``n * n``) fills whole batches of ``batch_size`` when it can.

@@ -37,6 +37,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from torch.utils.data import DataLoader, Dataset
 
+from depthseg.geo.tiles import DEFAULT_TILE, lattice_overlap
 from depthseg.io.bundle import load_bundle
 from depthseg.mapping.predict import autocast_dtype
 from depthseg.mapping.request import BATCH_SIZE, PRECISIONS
@@ -108,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="model bundle folder")
     parser.add_argument("--bounds", type=float, nargs=4, required=True,
                         metavar=("MINX", "MINY", "MAXX", "MAXY"))
-    parser.add_argument("--tile", type=int, default=518)
-    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE)
+    parser.add_argument("--overlap", type=int, default=None,
+                        help="default: the pipeline's for the tile (lattice_overlap)")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--out", required=True, help="output GeoTIFF")
@@ -122,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     contract = bundle.contract
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = bundle.model.to(device).eval()
-    data = RegionWindows(args.imagery, tuple(args.bounds), args.tile, args.tile - args.overlap,
+    overlap = lattice_overlap(args.tile) if args.overlap is None else args.overlap
+    data = RegionWindows(args.imagery, tuple(args.bounds), args.tile, args.tile - overlap,
                          contract.band_indices)
     loader = DataLoader(data, batch_size=args.batch_size, num_workers=args.num_workers)
     sums = np.zeros((len(contract.class_names), data.height, data.width), dtype=np.float32)

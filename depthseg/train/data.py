@@ -100,9 +100,27 @@ def _read_batch(batch: dict[str, np.ndarray], uri: str, storage: Storage) -> dic
     return read_chips(ChipStore.open(uri, storage), batch["index"])
 
 
-def ray_datasets(uri: str, storage: Storage,
-                 splits: tuple[str, ...] = ("train", "val")) -> dict[str, Any]:
-    """``{split: Dataset}`` of the chip store's complete chips."""
+#: A split up to this size is read once and kept in Ray's object store
+#: (``Dataset.materialize``), so later epochs run no read tasks: on the 2-core demo machine
+#: the per-epoch pipeline cost more than the training steps of a small store.
+CACHE_MAX_BYTES = 1 << 30
+
+
+def split_bytes(store: ChipStore, count: int) -> int:
+    """Bytes of ``count`` chips as the read stage returns them (image, label, depth)."""
+    schema = store.schema
+    pixels = schema.chip_size * schema.chip_size
+    image = schema.bands * pixels * np.dtype(schema.input_dtype).itemsize
+    return count * (image + pixels * (1 + 2))
+
+
+def ray_datasets(uri: str, storage: Storage, splits: tuple[str, ...] = ("train", "val"),
+                 cache_max_bytes: int = CACHE_MAX_BYTES) -> dict[str, Any]:
+    """``{split: Dataset}`` of the chip store's complete chips.
+
+    A split of at most ``cache_max_bytes`` is read once, by Ray Data tasks, and kept in the
+    object store for every epoch; a larger one streams from the store each epoch.
+    """
     import ray.data
 
     store = ChipStore.open(uri, storage)
@@ -117,8 +135,10 @@ def ray_datasets(uri: str, storage: Storage,
         items = [{"index": int(i)} for i in indices]
         ds: Any = ray.data.from_items(items,
                                       override_num_blocks=max(1, min(len(items) // 8, 64)))
-        out[split] = ds.map_batches(_read_batch, fn_kwargs={"uri": uri, "storage": storage},
-                                    batch_size=8)
+        ds = ds.map_batches(_read_batch, fn_kwargs={"uri": uri, "storage": storage},
+                            batch_size=8)
+        out[split] = (ds.materialize() if split_bytes(store, len(indices)) <= cache_max_bytes
+                      else ds)
     return out
 
 
