@@ -24,7 +24,7 @@ from depthseg.model.config import ModelConfig, paper_batch_size
 from depthseg.schema import Section, check_fields, require
 
 Precision = Literal["bf16", "fp32"]
-ClassWeighting = Literal["none", "inverse_sqrt"]
+ClassWeighting = Literal["none", "inverse_sqrt", "inverse"]
 
 SECTIONS = ("model", "train")
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
@@ -67,7 +67,8 @@ class TrainConfig(Section):
             ``inverse_sqrt`` weighs each class by ``1 / sqrt(its pixel share)`` in the
             training split (mean weight 1; shares from up to 256 training chips, see
             :func:`depthseg.train.loop.class_shares`), so rare classes (buildings, water,
-            bare land) are not drowned by cropland and forest. The demo uses it: without it
+            bare land) are not drowned by cropland and forest; ``inverse`` weighs by
+            ``1 / share`` (stronger). The demo uses it: without it
             its model never predicted a building (test IoU 0.0; 23.1 with it, same run).
         lr_reference_batch: The global batch ``lr`` was set for (the paper presets: their
             8 / 4 / 2). A run with another global ``batch_size`` scales the lr linearly,

@@ -299,23 +299,55 @@ def join(uri: str, *parts: str) -> str:
     return posixpath.join(uri.rstrip("/"), *parts)
 
 
-_TRANSIENT = (ConnectionError, TimeoutError)
+#: S3 error codes that mean "try again" (the rest of S3's 4xx codes are permanent).
+_TRANSIENT_S3_CODES = frozenset({"SlowDown", "ServiceUnavailable", "InternalError",
+                                 "RequestTimeout", "Throttling", "ThrottlingException",
+                                 "RequestTimeTooSkewed"})
+#: GDAL reports an HTTP status only in its message (``HTTP response code: 503``).
+_GDAL_HTTP_STATUS = re.compile(r"HTTP response code: (\d{3})")
+
+
+def _transient_types() -> tuple[type[BaseException], ...]:
+    """Connection-level error classes of Python, botocore and aiohttp (s3fs's transport)."""
+    import aiohttp
+    import botocore.exceptions
+
+    return (ConnectionError, TimeoutError, botocore.exceptions.ConnectionError,
+            botocore.exceptions.HTTPClientError, aiohttp.ClientConnectionError,
+            aiohttp.ClientPayloadError)
+
+
+def _retryable_status(status: int | None) -> bool:
+    return status is not None and (status >= 500 or status == 429)
 
 
 def _is_transient(err: BaseException) -> bool:
-    if isinstance(err, _TRANSIENT):
-        return True
-    # botocore/aiobotocore raise their own classes; match them by name to avoid importing them.
-    name = type(err).__name__
-    return name in {
-        "EndpointConnectionError",
-        "ConnectTimeoutError",
-        "ReadTimeoutError",
-        "ServerDisconnectedError",
-        "ClientOSError",
-        "ServiceUnavailable",
-        "SlowDown",
-    } or any(code in str(err) for code in ("SlowDown", "503", "500 Internal", "RequestTimeout"))
+    """Whether a storage error is worth retrying: by class, S3 error code or HTTP status.
+
+    Looks along the exception's causes (s3fs raises ``OSError`` from botocore's
+    ``ClientError``, whose ``response`` holds the S3 code and HTTP status), never at message
+    text except GDAL's HTTP status, which GDAL gives only there. A missing key, a denied
+    request or a bad argument is permanent.
+    """
+    transient = _transient_types()
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, transient):
+            return True
+        response = getattr(current, "response", None)
+        if isinstance(response, dict):
+            code = (response.get("Error") or {}).get("Code")
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if code in _TRANSIENT_S3_CODES or _retryable_status(status):
+                return True
+        match = _GDAL_HTTP_STATUS.search(str(current)) if type(current).__module__.startswith(
+            "rasterio") else None
+        if match and _retryable_status(int(match[1])):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 _retries = [0]

@@ -324,8 +324,9 @@ def class_shares(store: ChipStore, num_classes: int, ignore_index: int = 255,
 def class_weights(store: ChipStore, config: Config) -> np.ndarray | None:
     """Cross-entropy class weights of ``train.class_weighting`` (None for ``none``).
 
-    ``inverse_sqrt``: ``1 / sqrt(share)``, scaled to mean 1 over the classes present; a class
-    absent from the training split gets weight 1 (it has no pixel to weigh).
+    ``inverse_sqrt``: ``1 / sqrt(share)``; ``inverse``: ``1 / share``; scaled to mean 1 over
+    the classes present; a class absent from the training split gets weight 1 (it has no
+    pixel to weigh).
     """
     tc = config.train
     if tc.class_weighting == "none":
@@ -333,7 +334,8 @@ def class_weights(store: ChipStore, config: Config) -> np.ndarray | None:
     shares = class_shares(store, config.model.num_classes, tc.ignore_index, tc.seed)
     present = shares > 0
     weights = np.ones_like(shares)
-    weights[present] = 1 / np.sqrt(shares[present])
+    power = 1.0 if tc.class_weighting == "inverse" else 0.5
+    weights[present] = shares[present] ** -power
     weights[present] /= weights[present].mean()
     return weights
 

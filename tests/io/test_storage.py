@@ -119,6 +119,39 @@ def test_transient_errors_are_retried_and_permanent_ones_are_not():
     assert calls["n"] == 1
 
 
+def _client_error(code: str, status: int) -> Exception:
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": code},
+                        "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+
+@pytest.mark.parametrize(("make", "transient"), [
+    # s3fs raises OSError from botocore's ClientError: the S3 code and status decide.
+    (lambda: _wrapped(OSError("Please reduce your request rate."), _client_error("SlowDown", 503)),
+     True),
+    (lambda: _wrapped(OSError("We encountered an internal error."),
+                      _client_error("InternalError", 500)), True),
+    (lambda: _wrapped(PermissionError("Access Denied"), _client_error("AccessDenied", 403)),
+     False),
+    # A name that happens to hold "503" or "500 Internal" is not a server error.
+    (lambda: FileNotFoundError("s3://bucket/scene_503.tif"), False),
+    (lambda: ValueError("band 500 Internal is not known"), False),
+    (lambda: rasterio.errors.RasterioIOError("/vsis3/b/k.tif: HTTP response code: 503"), True),
+    (lambda: rasterio.errors.RasterioIOError("/vsis3/b/k.tif: HTTP response code: 404"), False),
+    (lambda: ConnectionResetError("reset by peer"), True),
+])
+def test_errors_are_classified_by_type_code_and_status_not_by_text(make, transient):
+    from depthseg.io.storage import _is_transient
+
+    assert _is_transient(make()) is transient
+
+
+def _wrapped(err: Exception, cause: Exception) -> Exception:
+    err.__cause__ = cause
+    return err
+
+
 def test_s3_config_from_env_reads_standard_variables():
     cfg = S3Config.from_env(
         {"AWS_ENDPOINT_URL": "https://minio.local:9000", "AWS_ACCESS_KEY_ID": "k",
