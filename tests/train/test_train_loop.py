@@ -190,6 +190,11 @@ def test_class_weights_follow_the_training_split(chip_store, tmp_path):
     assert weights[rare] > weights[common]
     np.testing.assert_allclose(weights[rare] / weights[common],
                                np.sqrt(counts[common] / counts[rare]))
+    stronger = class_weights(store, dataclasses.replace(CONFIG, train=dataclasses.replace(
+        CONFIG.train, class_weighting="inverse")))
+    assert stronger is not None
+    np.testing.assert_allclose(stronger[present].mean(), 1.0)
+    np.testing.assert_allclose(stronger[rare] / stronger[common], counts[common] / counts[rare])
 
     lines: list[str] = []
     spec = RunSpec(dataclasses.replace(weighted, train=dataclasses.replace(
