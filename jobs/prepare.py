@@ -77,13 +77,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from depthseg.io.storage import Storage  # after parsing: --help needs no torch
+    from depthseg.io.storage import Storage, absolute  # after parsing: --help needs no torch
     from depthseg.train.prepare import PrepareOptions, prepare_chips
 
+    def path(uri: str | None) -> str | None:  # Ray workers do not run in this directory
+        return None if uri is None else absolute(uri)
+
     opts = PrepareOptions(
-        out=args.out, pairs=args.pairs, scenes=tuple(args.scenes), labels=tuple(args.label),
+        out=absolute(args.out), pairs=path(args.pairs),
+        scenes=tuple(map(absolute, args.scenes)), labels=tuple(map(absolute, args.label)),
         label_map=args.label_map, gsd=args.gsd, resampling=args.resampling,
-        height=args.height, teacher=args.teacher, no_depth=args.no_depth,
+        height=path(args.height), teacher=path(args.teacher), no_depth=args.no_depth,
         bands=tuple(args.bands) if args.bands else None, chip_size=args.chip_size,
         block=args.block, fractions=tuple(args.fractions), seed=args.seed,
         classes=tuple(args.classes) if args.classes else None,

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported once the arguments are parsed: --help answers without torch or Ray.
     from depthseg.config import explicit_model_keys, load_config, parse_overrides
     from depthseg.io.chips import ChipStore
-    from depthseg.io.storage import Storage, join
+    from depthseg.io.storage import Storage, absolute, join
     from depthseg.progress import quiet_ray
     from depthseg.train.loop import (
         RunSpec,
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         import ray.data
         import ray.train
 
+        args.chips, args.storage = absolute(args.chips), absolute(args.storage)
         overrides = parse_overrides(args.set)
         config = load_config(args.config, overrides)
         check_encoder_weights(config, args.random_frozen_encoder)

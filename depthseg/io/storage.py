@@ -292,6 +292,17 @@ def scheme_of(uri: str) -> str:
     return "" if len(parsed.scheme) <= 1 else parsed.scheme.lower()
 
 
+def absolute(uri: str) -> str:
+    """A plain relative path made absolute (from this process's directory); URIs unchanged.
+
+    Ray workers do not run in the driver's directory (Ray Train moves them into its run
+    folder), so every job turns the local paths it was given into absolute ones first.
+    """
+    if scheme_of(uri) == "":
+        return os.path.abspath(uri)
+    return uri
+
+
 def join(uri: str, *parts: str) -> str:
     """Join path parts onto a local path or URI with ``/``."""
     if scheme_of(uri) in _SCHEMES_LOCAL:

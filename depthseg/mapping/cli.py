@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     gdal_env = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_CACHEMAX": "256",
                 "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.vrt,.json,.zarr"}
     os.environ.update(gdal_env)
-    from depthseg.io.storage import Storage
+    from depthseg.io.storage import Storage, absolute
     from depthseg.mapping import map_region
     from depthseg.progress import quiet_ray
 
@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         storage = Storage.from_env()
-        request = request_from_args(args, executor="local" if args.local else "ray")
+        # Ray workers do not run in this directory: local paths are made absolute here.
+        request = request_from_args(args, executor="local" if args.local else "ray",
+                                    imagery=absolute(args.imagery), model=absolute(args.model),
+                                    out=absolute(args.out))
         report = map_region(request, storage, start_ray=start_ray,
                             command_start=COMMAND_START)
     except (RunError, LeaseLostError) as err:  # it had started: work is kept, run.json says why

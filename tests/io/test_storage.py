@@ -234,3 +234,13 @@ def test_temporary_credentials_send_their_session_token_from_s3fs_and_gdal(
         agents[kind].append(lowered.get("x-amz-security-token"))
     assert agents["gdal"] and agents["boto"], agents
     assert set(agents["gdal"]) == {token} and set(agents["boto"]) == {token}
+
+
+def test_jobs_hand_ray_absolute_local_paths(tmp_path, monkeypatch):
+    """Ray Train runs workers in its run folder: relative paths are resolved on the driver."""
+    from depthseg.io.storage import absolute
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute("demo-out/chips.zarr") == str(tmp_path / "demo-out" / "chips.zarr")
+    assert absolute("s3://bucket/chips.zarr") == "s3://bucket/chips.zarr"
+    assert absolute("/data/x.tif") == "/data/x.tif"
