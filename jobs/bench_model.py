@@ -32,7 +32,30 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (no torch needed: ``--help`` answers at once)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["vits", "vitb", "vitl"])
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:n]")
+    parser.add_argument("--train-size", type=int, default=512)
+    parser.add_argument("--infer-size", type=int, default=518)
+    parser.add_argument("--infer-batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10, help="timed repeats per measurement")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--predict-stage", action="store_true",
+                        help="also time the mapping predict stage on one chunk in memory")
+    parser.add_argument("--chunk", type=int, default=4096, help="predict-stage chunk side")
+    parser.add_argument("--overlap", type=int, default=64, help="predict-stage tile overlap")
+    parser.add_argument("--json", type=Path, help="write the results here too")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # answers --help and bad flags before torch is imported
+
+import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -176,21 +199,7 @@ def bench_predict(preset: str, device: torch.device, chunk: int, tile: int, over
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["vits", "vitb", "vitl"])
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:n]")
-    parser.add_argument("--train-size", type=int, default=512)
-    parser.add_argument("--infer-size", type=int, default=518)
-    parser.add_argument("--infer-batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=10, help="timed repeats per measurement")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
-    parser.add_argument("--skip-train", action="store_true")
-    parser.add_argument("--predict-stage", action="store_true",
-                        help="also time the mapping predict stage on one chunk in memory")
-    parser.add_argument("--chunk", type=int, default=4096, help="predict-stage chunk side")
-    parser.add_argument("--overlap", type=int, default=64, help="predict-stage tile overlap")
-    parser.add_argument("--json", type=Path, help="write the results here too")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

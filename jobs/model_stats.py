@@ -12,11 +12,25 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from depthseg.config import load_config
-from depthseg.model import ModelConfig, build_model, count_parameters
+def parse_args() -> argparse.Namespace:
+    """The command line (no torch needed: ``--help`` answers at once)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=["vits", "vitb", "vitl"])
+    parser.add_argument("--tile", type=int, default=518)
+    parser.add_argument("--in-channels", type=int, default=None)
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    parse_args()  # answers --help and bad flags before torch is imported
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from depthseg.config import load_config  # noqa: E402
+from depthseg.model import ModelConfig, build_model, count_parameters  # noqa: E402
 
 PARTS = ("encoder", "adapter", "depth_head", "prompter", "decoder")
 
@@ -39,12 +53,7 @@ def stats(cfg: ModelConfig, tile: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", default=["vits", "vitb", "vitl"])
-    parser.add_argument("--tile", type=int, default=518)
-    parser.add_argument("--in-channels", type=int, default=None)
-    parser.add_argument("--no-baseline", dest="baseline", action="store_false")
-    args = parser.parse_args()
+    args = parse_args()
     print(
         f"| model | encoder | adapter | depth head | prompter | decoder | trainable | "
         f"GFLOPs encoder | GFLOPs total ({args.tile} px) | encoder share |"

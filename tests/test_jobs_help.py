@@ -10,7 +10,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 JOBS = ("map_region", "train", "prepare", "evaluate", "schedule", "ablate", "bench", "demo",
-        "make_synthetic")
+        "make_synthetic", "bench_model", "model_stats")
 HEAVY = ("torch", "ray", "timm", "transformers")  # seconds each; GDAL, zarr take tenths
 
 
