@@ -310,14 +310,6 @@ def join(uri: str, *parts: str) -> str:
     return posixpath.join(uri.rstrip("/"), *parts)
 
 
-#: S3 error codes that mean "try again" (the rest of S3's 4xx codes are permanent).
-_TRANSIENT_S3_CODES = frozenset({"SlowDown", "ServiceUnavailable", "InternalError",
-                                 "RequestTimeout", "Throttling", "ThrottlingException",
-                                 "RequestTimeTooSkewed"})
-#: GDAL reports an HTTP status only in its message (``HTTP response code: 503``).
-_GDAL_HTTP_STATUS = re.compile(r"HTTP response code: (\d{3})")
-
-
 def _transient_types() -> tuple[type[BaseException], ...]:
     """Connection-level error classes of Python, botocore and aiohttp (s3fs's transport)."""
     import aiohttp
@@ -328,17 +320,16 @@ def _transient_types() -> tuple[type[BaseException], ...]:
             aiohttp.ClientPayloadError)
 
 
-def _retryable_status(status: int | None) -> bool:
-    return status is not None and (status >= 500 or status == 429)
-
-
 def _is_transient(err: BaseException) -> bool:
-    """Whether a storage error is worth retrying: by class, S3 error code or HTTP status.
+    """Whether :func:`with_retries` should run the whole operation again.
 
-    Looks along the exception's causes (s3fs raises ``OSError`` from botocore's
-    ``ClientError``, whose ``response`` holds the S3 code and HTTP status), never at message
-    text except GDAL's HTTP status, which GDAL gives only there. A missing key, a denied
-    request or a bad argument is permanent.
+    One retry policy per kind of failure: botocore already retries every HTTP answer that
+    means "try again" (5xx, throttling, ``SlowDown``: adaptive mode, 8 attempts, configured
+    in :class:`S3Config`) and GDAL its own (``GDAL_HTTP_MAX_RETRY``), so an S3 error that
+    reaches us is final. What neither covers is a connection dropped or a body cut off in
+    the middle of an operation (a multipart upload, a streamed read): those, and only those,
+    are retried here, found by class along the exception's causes (s3fs raises ``OSError``
+    from the transport's error), never by message text.
     """
     transient = _transient_types()
     seen: set[int] = set()
@@ -346,16 +337,6 @@ def _is_transient(err: BaseException) -> bool:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, transient):
-            return True
-        response = getattr(current, "response", None)
-        if isinstance(response, dict):
-            code = (response.get("Error") or {}).get("Code")
-            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-            if code in _TRANSIENT_S3_CODES or _retryable_status(status):
-                return True
-        match = _GDAL_HTTP_STATUS.search(str(current)) if type(current).__module__.startswith(
-            "rasterio") else None
-        if match and _retryable_status(int(match[1])):
             return True
         current = current.__cause__ or current.__context__
     return False

@@ -127,24 +127,31 @@ def _client_error(code: str, status: int) -> Exception:
 
 
 @pytest.mark.parametrize(("make", "transient"), [
-    # s3fs raises OSError from botocore's ClientError: the S3 code and status decide.
+    # Connection-level failures mid-operation: retried whole, found along the causes.
+    (lambda: ConnectionResetError("reset by peer"), True),
+    (lambda: _wrapped(OSError("upload failed"), _aiohttp("ServerDisconnectedError")), True),
+    (lambda: _wrapped(OSError("read failed"), _aiohttp("ClientPayloadError")), True),
+    # botocore has already retried what S3 answered (8 adaptive attempts): final here.
     (lambda: _wrapped(OSError("Please reduce your request rate."), _client_error("SlowDown", 503)),
-     True),
-    (lambda: _wrapped(OSError("We encountered an internal error."),
-                      _client_error("InternalError", 500)), True),
+     False),
     (lambda: _wrapped(PermissionError("Access Denied"), _client_error("AccessDenied", 403)),
      False),
     # A name that happens to hold "503" or "500 Internal" is not a server error.
     (lambda: FileNotFoundError("s3://bucket/scene_503.tif"), False),
     (lambda: ValueError("band 500 Internal is not known"), False),
-    (lambda: rasterio.errors.RasterioIOError("/vsis3/b/k.tif: HTTP response code: 503"), True),
-    (lambda: rasterio.errors.RasterioIOError("/vsis3/b/k.tif: HTTP response code: 404"), False),
-    (lambda: ConnectionResetError("reset by peer"), True),
 ])
-def test_errors_are_classified_by_type_code_and_status_not_by_text(make, transient):
+def test_only_connection_failures_are_retried_whole_by_class_not_text(make, transient):
     from depthseg.io.storage import _is_transient
 
     assert _is_transient(make()) is transient
+
+
+def _aiohttp(name: str) -> Exception:
+    import aiohttp
+
+    if name == "ClientPayloadError":
+        return aiohttp.ClientPayloadError("Response payload is not completed")
+    return aiohttp.ServerDisconnectedError()
 
 
 def _wrapped(err: Exception, cause: Exception) -> Exception:
