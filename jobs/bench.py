@@ -29,6 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from depthseg.mapping.request import PRECISIONS
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="batch size of the plain loop (default: --batch-size; on the "
                              "CPU the pipeline runs its batches in passes of about a "
                              "megapixel, e.g. 3 tiles of 518 px: give 3 to compare alike)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="the model's arithmetic in all three (auto: bf16 on CUDA, fp32 "
                              "on the CPU)")
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the pipeline's Ray")

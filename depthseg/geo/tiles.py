@@ -304,7 +304,7 @@ def chunk_read_window(chunk_window: PixelWindow, halo: int) -> PixelWindow:
     """
     if halo < 0:
         raise InputError(f"halo {halo} is negative; give 0 or more (default: the tile overlap)")
-    from depthseg.geo.grid import PixelWindow  # needs pyproj/odc-geo: only here
+    from depthseg.geo.grid import PixelWindow  # needs pyproj and shapely: only here
 
     return PixelWindow(
         row_off=chunk_window.row_off - halo,

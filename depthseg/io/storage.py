@@ -298,8 +298,8 @@ def absolute(uri: str) -> str:
     Ray workers do not run in the driver's directory (Ray Train moves them into its run
     folder), so every job turns the local paths it was given into absolute ones first.
     """
-    if scheme_of(uri) == "":
-        return os.path.abspath(uri)
+    if uri and scheme_of(uri) == "":  # "" stays "": the job's own check names it
+        return os.path.abspath(os.path.expanduser(uri))
     return uri
 
 
@@ -312,11 +312,14 @@ def join(uri: str, *parts: str) -> str:
 
 def _transient_types() -> tuple[type[BaseException], ...]:
     """Connection-level error classes of Python, botocore and aiohttp (s3fs's transport)."""
+    import asyncio
+
     import aiohttp
     import botocore.exceptions
 
-    return (ConnectionError, TimeoutError, botocore.exceptions.ConnectionError,
-            botocore.exceptions.HTTPClientError, aiohttp.ClientConnectionError,
+    return (ConnectionError, TimeoutError, asyncio.TimeoutError,
+            botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError,
+            botocore.exceptions.IncompleteReadError, aiohttp.ClientConnectionError,
             aiohttp.ClientPayloadError)
 
 
@@ -338,7 +341,8 @@ def _is_transient(err: BaseException) -> bool:
         seen.add(id(current))
         if isinstance(current, transient):
             return True
-        current = current.__cause__ or current.__context__
+        current = current.__cause__ or (None if current.__suppress_context__
+                                        else current.__context__)
     return False
 
 

@@ -39,8 +39,9 @@ from depthseg.io.storage import (
 )
 from depthseg.mapping import products
 from depthseg.mapping.finalize import finalize
-from depthseg.mapping.plan import MapRequest, Plan, make_plan
+from depthseg.mapping.plan import Plan, make_plan
 from depthseg.mapping.report import RunReport
+from depthseg.mapping.request import MapRequest, resolved_precision
 from depthseg.mapping.stages import (
     ChunkContext,
     ChunkPredictActor,
@@ -359,8 +360,11 @@ def map_region(request: MapRequest, storage: Storage | None = None,
                 catalog, plan = planned.result()
         if gpus is not None:
             request = replace(request, gpus=gpus)
+            plan = replace(plan, precision=resolved_precision(request))
     else:
         catalog, plan = plan_run()
+    # The actors run what the plan records (auto resolved for the run's devices).
+    request = replace(request, precision=plan.precision)
     catalog.resampling = plan.resampling
     for note in plan.notes:
         log(note)

@@ -37,7 +37,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from torch.utils.data import DataLoader, Dataset
 
-from depthseg.geo.tiles import DEFAULT_TILE, lattice_overlap
+from depthseg.geo.tiles import lattice_overlap
 from depthseg.io.bundle import load_bundle
 from depthseg.mapping.predict import autocast_dtype
 from depthseg.mapping.request import BATCH_SIZE, PRECISIONS
@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="model bundle folder")
     parser.add_argument("--bounds", type=float, nargs=4, required=True,
                         metavar=("MINX", "MINY", "MAXX", "MAXY"))
-    parser.add_argument("--tile", type=int, default=DEFAULT_TILE)
+    parser.add_argument("--tile", type=int, default=None,
+                        help="default: the bundle's tile size, as the pipeline")
     parser.add_argument("--overlap", type=int, default=None,
                         help="default: the pipeline's for the tile (lattice_overlap)")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
@@ -124,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     contract = bundle.contract
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = bundle.model.to(device).eval()
-    overlap = lattice_overlap(args.tile) if args.overlap is None else args.overlap
-    data = RegionWindows(args.imagery, tuple(args.bounds), args.tile, args.tile - overlap,
+    tile = args.tile or contract.tile_size
+    overlap = lattice_overlap(tile) if args.overlap is None else args.overlap
+    data = RegionWindows(args.imagery, tuple(args.bounds), tile, tile - overlap,
                          contract.band_indices)
     loader = DataLoader(data, batch_size=args.batch_size, num_workers=args.num_workers)
     sums = np.zeros((len(contract.class_names), data.height, data.width), dtype=np.float32)
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             logits = model(inputs).logits.float().cpu().numpy()
             placed = data.windows[done:done + len(logits)]
             for tile_logits, (row, col) in zip(logits, placed, strict=True):
-                rows, cols = min(args.tile, data.height - row), min(args.tile, data.width - col)
+                rows, cols = min(tile, data.height - row), min(tile, data.width - col)
                 sums[:, row:row + rows, col:col + cols] += tile_logits[:, :rows, :cols]
                 counts[row:row + rows, col:col + cols] += 1
             done, batches = done + len(logits), batches + 1

@@ -33,7 +33,7 @@ from depthseg.geo import (
 from depthseg.io.bundle import Contract
 from depthseg.io.catalog import Catalog
 from depthseg.io.warp import same_crs
-from depthseg.mapping.request import MapRequest
+from depthseg.mapping.request import MapRequest, Precision, resolved_precision
 
 PLAN_FORMAT = "depthseg-map-plan"
 #: Imagery within this factor of the bundle's ground resolution is mapped at its own.
@@ -59,7 +59,9 @@ class Plan:
         zarr_format: The mosaic's Zarr format (2 or 3).
         probabilities: Per-class probability COGs are written too.
         polygons: Land-cover polygons (GeoParquet) are written too.
-        precision: The model's arithmetic, as asked (``auto`` resolves per device).
+        precision: The model's arithmetic, ``fp32`` or ``bf16`` (``auto`` resolved for the
+            run's devices: :func:`~depthseg.mapping.request.resolved_precision`), so a resume
+            on other devices cannot mix precisions in one mosaic.
     """
 
     grid: OutputGrid
@@ -74,7 +76,7 @@ class Plan:
     zarr_format: int = 3
     probabilities: bool = False
     polygons: bool = False
-    precision: str = "auto"
+    precision: Precision = "fp32"
 
     def clip_ring(self) -> list[tuple[float, float]]:
         """The bbox in the output CRS, edges densified: pixels outside it are no data."""
@@ -109,7 +111,7 @@ class Plan:
             data["probabilities"] = True
         if self.polygons:
             data["polygons"] = True
-        if self.precision != "auto":  # plans of the default precision hash as before
+        if self.precision != "fp32":  # CPU plans from before the option hash as before
             data["precision"] = self.precision
         return data
 
@@ -375,7 +377,7 @@ def make_plan(request: MapRequest, catalog: Catalog, contract: Contract) -> Plan
                 bands=bands, bbox={"bbox": list(request.bbox), "crs": request.bbox_crs},
                 resampling=resampling, scale=scale, notes=notes,
                 zarr_format=request.zarr_format, probabilities=request.probabilities,
-                polygons=request.polygons, precision=request.precision)
+                polygons=request.polygons, precision=resolved_precision(request))
 
 
 def _union_bounds(catalog: Catalog, crs: str) -> tuple[float, ...]:

@@ -117,7 +117,8 @@ def plan_stac(path: str) -> dict[str, Any]:
 
     from depthseg.io.catalog import open_catalog
     from depthseg.mapping.pipeline import chunk_rows
-    from depthseg.mapping.plan import MapRequest, make_plan
+    from depthseg.mapping.plan import make_plan
+    from depthseg.mapping.request import MapRequest
 
     times: dict[str, float] = {}
     start = time.perf_counter()

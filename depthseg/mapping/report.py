@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from depthseg.mapping.plan import MapRequest, Plan
+    from depthseg.mapping.plan import Plan
+    from depthseg.mapping.request import MapRequest
 
 
 def driver_usage() -> dict[str, float]:

@@ -163,7 +163,8 @@ class MapRequest:
                              expected="a positive integer, e.g. 8", check=_positive,
                              key="batch_size")
     gpus: int = option(
-        0, help="GPUs to use, one predict actor each (default: all Ray sees)",
+        0, help="GPUs to use, one predict actor each; 0 runs CPU actors (the command line and "
+                "the regions file default to every GPU Ray sees)",
         expected="an integer >= 0 (or leave it out: every GPU Ray sees)",
         check=lambda v: v >= 0, key="gpus", cli={"default": None})
     cpu_actors: int = option(1, help="predict actors when there is no GPU",
@@ -193,7 +194,8 @@ class MapRequest:
     bands: tuple[str, ...] | None = option(
         None, help="imagery bands for the model's channels, in order: 1-based indices or band "
                    "names (default: by the bundle's band names, else its band indices)",
-        expected="a list of 1-based band indices or band names",
+        expected="a list of strings: 1-based band indices or band names, e.g. ['3', '2', '1'] "
+                 "or ['red', 'green', 'blue']",
         check=lambda v: v is None or (len(v) > 0 and all(v)), cli={"nargs": "+"})
     scale: float | None = option(
         None, help="multiply pixels by this before the model (e.g. 10000 for 0-1 float "
@@ -309,6 +311,13 @@ def _scalar(hint: Any) -> Any:
     if args:
         return _scalar(args[0])
     return hint
+
+
+def resolved_precision(request: MapRequest) -> Precision:
+    """``fp32`` or ``bf16``: ``auto`` resolved for the run's devices (bf16 with GPUs)."""
+    if request.precision != "auto":
+        return request.precision
+    return "bf16" if request.gpus > 0 else "fp32"
 
 
 def request_from_args(args: argparse.Namespace, **fixed: Any) -> MapRequest:

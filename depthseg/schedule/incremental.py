@@ -157,7 +157,7 @@ def plan_run(region: Region, fire: datetime, storage: Storage, gpus: int = 0,
         run.reason = "model changed"
         return run
     if ledger.get("plan", {}).get("fingerprint") != plan_fp:
-        run.reason = "plan changed (grid, tiles or bands)"
+        run.reason = "plan changed (grid, chunks, tiles, bands, resampling or precision)"
         return run
     done = Mosaic(str(previous["uri"]), storage).done_chunks()
     carry, compute = [], []

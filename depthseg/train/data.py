@@ -107,10 +107,13 @@ CACHE_MAX_BYTES = 1 << 30
 
 
 def split_bytes(store: ChipStore, count: int) -> int:
-    """Bytes of ``count`` chips as the read stage returns them (image, label, depth)."""
+    """Bytes of ``count`` chips as the read stage returns them (image, label, depth).
+
+    uint16 images travel widened to int32 (:func:`read_chips`): 4 bytes a pixel.
+    """
     schema = store.schema
     pixels = schema.chip_size * schema.chip_size
-    image = schema.bands * pixels * np.dtype(schema.input_dtype).itemsize
+    image = schema.bands * pixels * (1 if schema.input_dtype == "uint8" else 4)
     return count * (image + pixels * (1 + 2))
 
 

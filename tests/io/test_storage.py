@@ -139,6 +139,8 @@ def _client_error(code: str, status: int) -> Exception:
     # A name that happens to hold "503" or "500 Internal" is not a server error.
     (lambda: FileNotFoundError("s3://bucket/scene_503.tif"), False),
     (lambda: ValueError("band 500 Internal is not known"), False),
+    # Raised `from None` while handling a dropped connection: its own error, not transient.
+    (lambda: _suppressed(FileNotFoundError("no such key"), ConnectionResetError()), False),
 ])
 def test_only_connection_failures_are_retried_whole_by_class_not_text(make, transient):
     from depthseg.io.storage import _is_transient
@@ -152,6 +154,11 @@ def _aiohttp(name: str) -> Exception:
     if name == "ClientPayloadError":
         return aiohttp.ClientPayloadError("Response payload is not completed")
     return aiohttp.ServerDisconnectedError()
+
+
+def _suppressed(err: Exception, context: Exception) -> Exception:
+    err.__context__, err.__suppress_context__ = context, True
+    return err
 
 
 def _wrapped(err: Exception, cause: Exception) -> Exception:
@@ -251,3 +258,6 @@ def test_jobs_hand_ray_absolute_local_paths(tmp_path, monkeypatch):
     assert absolute("demo-out/chips.zarr") == str(tmp_path / "demo-out" / "chips.zarr")
     assert absolute("s3://bucket/chips.zarr") == "s3://bucket/chips.zarr"
     assert absolute("/data/x.tif") == "/data/x.tif"
+    assert absolute("") == ""  # an empty --out stays empty, and its check names it
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert absolute("~/da") == str(tmp_path / "home" / "da")

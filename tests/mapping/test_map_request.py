@@ -64,6 +64,15 @@ def test_a_bad_value_is_one_line_naming_the_option_value_and_what_is_expected(
         assert word in text, (word, text)
 
 
+def test_auto_precision_resolves_for_the_runs_devices() -> None:
+    from depthseg.mapping.request import resolved_precision
+
+    assert resolved_precision(MapRequest(**BASE)) == "fp32"
+    assert resolved_precision(MapRequest(**BASE, gpus=2)) == "bf16"
+    assert resolved_precision(MapRequest(**BASE, gpus=2, precision="fp32")) == "fp32"
+    assert resolved_precision(MapRequest(**BASE, precision="bf16")) == "bf16"
+
+
 def test_the_regions_file_keys_are_map_options() -> None:
     """Every regions-file key sets a MapRequest field of the same meaning."""
     fields = {f.name for f in dataclasses.fields(MapRequest)}

@@ -229,6 +229,10 @@ def test_resume_in_another_precision_is_refused(mapped: tuple[Path, Any],
         map_region(region_request(synthetic_region, out, bundle_uint16, chunk_size=320,
                                   resume=True, precision="bf16"))
     assert (out / "plan.json").read_bytes() == plan_bytes
+    # 'auto' was resolved for the CPU run: fp32, which an explicit fp32 resume matches.
+    report = map_region(region_request(synthetic_region, out, bundle_uint16, chunk_size=320,
+                                       resume=True, precision="fp32"))
+    assert report.todo == 0 and report.request.precision == "fp32"
 
 
 def test_a_deleted_done_marker_is_recomputed_identically(
