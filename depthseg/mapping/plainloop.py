@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from depthseg.geo.tiles import lattice_overlap
 from depthseg.io.bundle import load_bundle
-from depthseg.mapping.predict import autocast_dtype
+from depthseg.mapping.predict import inference_autocast
 from depthseg.mapping.request import BATCH_SIZE, PRECISIONS
 from depthseg.model import normalize
 
@@ -134,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = np.zeros((data.height, data.width), dtype=np.float32)
     times: dict[str, float] = {"start": START}
     done = batches = first_batch_tiles = 0
-    dtype = autocast_dtype(args.precision, device)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.bfloat16,
-                                                enabled=dtype is not None):
+    with torch.inference_mode(), inference_autocast(args.precision, device):
         for images in loader:
             inputs = normalize(images.to(device), contract.mean, contract.std)
             logits = model(inputs).logits.float().cpu().numpy()

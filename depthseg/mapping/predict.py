@@ -39,18 +39,20 @@ from depthseg.mapping.request import BATCH_SIZE, PRECISIONS
 from depthseg.model import normalize
 
 __all__ = ["CONFIDENCE_NODATA", "LANDCOVER_NODATA", "PRECISIONS", "ChunkPrediction",
-           "ChunkPredictor", "DeviceBlender", "autocast_dtype", "cpu_micro_batch",
+           "ChunkPredictor", "DeviceBlender", "cpu_micro_batch", "inference_autocast",
            "encode_on_device", "pick_device"]
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``precision`` on ``device`` (None: plain float32)."""
+def inference_autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The model's arithmetic of ``precision`` on ``device``: a bf16 autocast, or none (fp32).
+
+    ``auto`` is bf16 on CUDA and fp32 elsewhere; ``bf16`` autocasts on any device.
+    """
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r} is not known; give one of "
                          f"{', '.join(PRECISIONS)}")
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 # On the CPU a forward pass of more than about a megapixel of tiles runs slower per tile
@@ -96,7 +98,8 @@ class ChunkPredictor:
         if batch_size < 1:
             raise InputError(f"batch size {batch_size} must be >= 1; give e.g. 8")
         self.device = torch.device(device)
-        self.autocast_dtype = autocast_dtype(precision, self.device)
+        inference_autocast(precision, self.device)  # an unknown precision fails here, once
+        self.precision = precision
         self.model = model.to(self.device).eval()
         self.contract = contract
         self.tiles = tiles
@@ -123,9 +126,7 @@ class ChunkPredictor:
         images = normalize(batch, self.contract.mean, self.contract.std)
         count = images.shape[0]
         probs_parts, depth_parts = [], []
-        with torch.inference_mode(), torch.autocast(
-                self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                enabled=self.autocast_dtype is not None):
+        with torch.inference_mode(), inference_autocast(self.precision, self.device):
             for first in range(0, count, self.micro_batch):
                 part = images[first:first + self.micro_batch]
                 size = part.shape[0]
