@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     epochs = args.epochs or load_config("demo").train.epochs
     _step(f"train: the tiny model with its encoder trained (configs/demo.yaml), {epochs} "
-          "epochs on a local Ray (1 CPU worker)")
+          "epochs on a local Ray (1 worker, all CPUs)")
     t0 = time.perf_counter()
     _run(["jobs/train.py", "--config", "demo", "--chips", str(chip_store),
           "--storage", str(runs), "--name", "demo", "--epochs", str(epochs),

@@ -43,8 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="override train.batch_size")
     p.add_argument("--max-failures", type=int, default=3,
                    help="worker-group restarts from the latest checkpoint")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0,
-                   help="CPUs reserved per worker; Ray Data reads with the rest (0.5 on 2 cores)")
+    p.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="CPUs reserved per worker, and so its torch threads (default: CPU "
+                        "workers share the cluster's CPUs when the training split is cached, "
+                        "else 1; GPU workers 1); Ray Data reads with the rest")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events")
     p.add_argument("--verbose", action="store_true",
                    help="show Ray's own INFO messages (hidden by default)")

@@ -385,7 +385,9 @@ def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print)
     board = _board(spec) if rank == 0 else None
     log_rank0(rank, log, f"train: {feed.num_train} chips, {batch_text(cfg, world)}, "
               f"{spe} steps/epoch, {total} steps, milestones "
-              f"{tc.milestone_steps(total)}, device {device}")
+              f"{tc.milestone_steps(total)}, device {device}"
+              + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""))
+    first_epoch, drawn = state.epoch, time.perf_counter()
     for epoch in range(state.epoch, tc.epochs):
         net.train()
         generator = torch.Generator().manual_seed(epoch_seed(tc.seed, epoch, rank))
@@ -436,8 +438,11 @@ def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print)
         if rank == 0:
             lines = "".join(json.dumps(m) + "\n" for m in state.history)
             storage.write_bytes_atomic(join(spec.run_dir, "metrics.jsonl"), lines.encode())
-            storage.write_bytes_atomic(join(spec.run_dir, "curves.png"),
-                                       plot_curves(state.history))
+            if (time.perf_counter() - drawn >= CURVES_EVERY_S or state.epoch == tc.epochs
+                    or epoch == first_epoch):
+                storage.write_bytes_atomic(join(spec.run_dir, "curves.png"),
+                                           plot_curves(state.history))
+                drawn = time.perf_counter()
             if board is not None:
                 for key, value in metrics.items():
                     if isinstance(value, float) and math.isfinite(value):
@@ -545,6 +550,11 @@ def _maybe_fault(spec: RunSpec, epoch: int, storage: Storage) -> None:
         return
     storage.write_bytes_atomic(marker, b"1")
     raise RuntimeError(f"injected fault after epoch {epoch} (RunSpec.fault_after_epoch)")
+
+
+#: curves.png is redrawn at most this often (and after the first and last epochs): drawing
+#: it took longer than a demo epoch's validation.
+CURVES_EVERY_S = 30.0
 
 
 def plot_curves(history: list[dict[str, Any]]) -> bytes:

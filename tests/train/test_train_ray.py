@@ -14,7 +14,7 @@ from depthseg.errors import InputError
 from depthseg.io.bundle import load_bundle
 from depthseg.io.storage import Storage, join
 from depthseg.train.loop import RunSpec
-from depthseg.train.ray_train import Scaling, train
+from depthseg.train.ray_train import Scaling, train, worker_cpus
 
 
 @pytest.mark.slow
@@ -80,3 +80,22 @@ def test_run_storage_and_chips_on_s3(tmp_path, ray_local, s3_prefix, s3_storage)
     assert s3_storage.exists(join(run, "checkpoint_epoch_0002", "state.pt"))
     assert s3_storage.exists(join(run, "fault_injected_1"))
     assert load_bundle(join(run, "best"), s3_storage).contract.tile_size == 70
+
+
+@pytest.mark.parametrize(("scaling", "cached", "nodes", "expected"), [
+    (Scaling(num_workers=1), True, [2.0], 2.0),  # the demo machine: 2 torch threads, not 1
+    (Scaling(num_workers=2), True, [2.0], 1.0),
+    (Scaling(num_workers=4), True, [16.0, 16.0], 8.0),
+    (Scaling(num_workers=1), True, [16.0, 16.0], 16.0),  # never more than one node holds
+    (Scaling(num_workers=1), False, [2.0], 1.0),  # a streaming split keeps CPUs to read with
+    (Scaling(num_workers=1, gpu=True), True, [16.0], 1.0),
+    (Scaling(num_workers=1, cpus_per_worker=0.5), True, [2.0], 0.5),  # the user's word wins
+])
+def test_worker_cpus_share_the_cluster_when_the_split_is_cached(scaling, cached, nodes,
+                                                                expected):
+    assert worker_cpus(scaling, cached, nodes) == expected
+
+
+def test_non_positive_cpus_per_worker_is_refused():
+    with pytest.raises(InputError, match=r"--cpus-per-worker 0 must be > 0"):
+        worker_cpus(Scaling(cpus_per_worker=0), True, [2.0])
