@@ -62,6 +62,10 @@ class TrainConfig(Section):
             the paper: 0 by default). With an nDSM target that is mostly exactly 0 (flat
             ground) ``1 - SSIM`` alone let the demo's full-resolution depth collapse to 0;
             the demo sets 1.
+        depth_bce_weight: Weight of a masked binary cross-entropy term added to L_D at every
+            depth scale (not in the paper: 0 by default). Unlike 1 - SSIM and L1 it keeps
+            pulling a pixel whose sigmoid depth saturated at 0 (roofs in the demo sat at
+            logit -14, depth 0.000, and got no depth gradient); the demo sets 1.
         cls_loss_weight: w_cls, weight of the cross-entropy.
         class_weighting: Per-class weights of the cross-entropy (not in the paper: ``none``).
             ``inverse_sqrt`` weighs each class by ``1 / sqrt(its pixel share)`` in the
@@ -89,6 +93,7 @@ class TrainConfig(Section):
     lr_milestones: tuple[float, ...] = (0.3, 0.6)
     depth_loss_weight: float = 1.0
     depth_l1_weight: float = 0.0
+    depth_bce_weight: float = 0.0
     cls_loss_weight: float = 1.0
     class_weighting: ClassWeighting = "none"
     lr_reference_batch: int | None = None
@@ -115,9 +120,10 @@ class TrainConfig(Section):
             "in (0, 1), e.g. [0.3, 0.6]",
         )
         require(
-            min(self.depth_loss_weight, self.cls_loss_weight, self.depth_l1_weight) >= 0,
+            min(self.depth_loss_weight, self.cls_loss_weight, self.depth_l1_weight,
+                self.depth_bce_weight) >= 0,
             f"train loss weights (depth {self.depth_loss_weight}, cls {self.cls_loss_weight}, "
-            f"depth_l1 {self.depth_l1_weight}) must be >= 0",
+            f"depth_l1 {self.depth_l1_weight}, depth_bce {self.depth_bce_weight}) must be >= 0",
         )
         require(self.chip_size > 0, f"train.chip_size={self.chip_size} must be > 0")
         require(self.lr_reference_batch is None or self.lr_reference_batch > 0,

@@ -122,9 +122,23 @@ def ssim(
     return (s * counted).sum(dim=(1, 2, 3)) / n.clamp_min(1), n > 0
 
 
+def depth_bce(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-pixel binary cross-entropy of a sigmoid depth ``pred`` against ``target`` in [0, 1].
+
+    Its gradient at the sigmoid's input is ``pred - target``: a pixel whose depth saturated at
+    0 (logit -14) while its target is high is still pulled up. 1 - SSIM and L1 reach such a
+    pixel only through the sigmoid's slope (1e-6 there): in demo runs every roof sat at
+    depth 0.000 while trees were learnt. Computed in float32 with the logs clamped (no
+    autocast-unsafe ``F.binary_cross_entropy``).
+    """
+    p = pred.float()
+    return -(target * torch.log(p.clamp_min(1e-30))
+             + (1 - target) * torch.log1p(-p.clamp_max(1 - 1e-7)))
+
+
 def depth_loss(
     depths: list[Tensor], teacher: Tensor, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA,
-    l1_weight: float = 0.0,
+    l1_weight: float = 0.0, bce_weight: float = 0.0,
 ) -> Tensor:
     """L_D: mean over scales of 1 - SSIM(depth_s, teacher resized to scale s).
 
@@ -134,6 +148,8 @@ def depth_loss(
         window: SSIM window size.
         sigma: SSIM Gaussian sigma.
         l1_weight: Weight of the masked mean absolute error added at every scale.
+        bce_weight: Weight of the masked binary cross-entropy between the depth and the
+            [0, 1] target added at every scale (:func:`depth_bce`).
 
     Returns:
         Scalar loss; 0 when no image has a valid teacher pixel.
@@ -157,6 +173,9 @@ def depth_loss(
         if l1_weight:
             scale_loss = scale_loss + l1_weight * (
                 ((pred.float() - t).abs() * v).sum() / v.sum().clamp_min(1))
+        if bce_weight:
+            scale_loss = scale_loss + bce_weight * (
+                (depth_bce(pred, t) * v).sum() / v.sum().clamp_min(1))
         losses.append((scale_loss, (counted.sum() > 0).float()))
     if not losses:
         return teacher.new_zeros((), dtype=torch.float32)
@@ -175,6 +194,7 @@ class DepthSegLoss(nn.Module):
         ssim_window: SSIM Gaussian window size.
         ssim_sigma: SSIM Gaussian sigma.
         depth_l1_weight: Weight of the masked L1 term in L_D (0: the paper's 1 - SSIM only).
+        depth_bce_weight: Weight of the masked binary cross-entropy term in L_D (0: none).
         class_weights: (K,) weights of the cross-entropy's classes, or None (all 1).
     """
 
@@ -186,10 +206,12 @@ class DepthSegLoss(nn.Module):
         ssim_window: int = SSIM_WINDOW,
         ssim_sigma: float = SSIM_SIGMA,
         depth_l1_weight: float = 0.0,
+        depth_bce_weight: float = 0.0,
         class_weights: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.depth_l1_weight = depth_l1_weight
+        self.depth_bce_weight = depth_bce_weight
         self.class_weights: Tensor | None
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.depth_weight = depth_weight
@@ -223,7 +245,7 @@ class DepthSegLoss(nn.Module):
             l_cls = logits.float().sum() * 0.0
         if depths and teacher is not None:
             l_depth = depth_loss(depths, teacher, self.ssim_window, self.ssim_sigma,
-                                 self.depth_l1_weight)
+                                 self.depth_l1_weight, self.depth_bce_weight)
         else:
             l_depth = torch.zeros((), device=logits.device)
         loss = self.depth_weight * l_depth + self.cls_weight * l_cls

@@ -375,6 +375,7 @@ def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print)
             f"{name} {w:.2f}" for name, w in zip(contract.class_names, weights, strict=True)))
     loss_fn = DepthSegLoss(tc.depth_loss_weight, tc.cls_loss_weight, tc.ignore_index,
                            depth_l1_weight=tc.depth_l1_weight,
+                           depth_bce_weight=tc.depth_bce_weight,
                            class_weights=None if weights is None else torch.tensor(
                                weights, dtype=torch.float32, device=device))
     mean = torch.tensor(contract.mean, device=device)

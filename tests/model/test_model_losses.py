@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from depthseg.model import DepthSegLoss
-from depthseg.model.losses import depth_loss, normalize_teacher_depth, ssim
+from depthseg.model.losses import depth_bce, depth_loss, normalize_teacher_depth, ssim
 
 
 def _ramp(h=40, w=48, batch=2):
@@ -140,3 +140,27 @@ def test_class_weights_weigh_the_cross_entropy():
     without = labels.clone()
     without[labels == 2] = 255
     torch.testing.assert_close(no_two, DepthSegLoss(depth_weight=0)(logits, [], without).l_cls)
+
+
+def test_bce_term_pulls_up_a_roof_whose_depth_saturated_at_zero():
+    # A building on flat ground; the head's sigmoid depth saturated at 0 everywhere (logit
+    # -14, as roofs were in a demo run): 1 - SSIM and L1 reach the roof only through the
+    # sigmoid's slope, the BCE term at full strength.
+    teacher = torch.zeros(1, 1, 32, 32)
+    teacher[:, :, 8:20, 8:20] = 10.0
+    roof = (slice(None), slice(None), slice(8, 20), slice(8, 20))
+
+    def roof_gradient(**weights):
+        logits = torch.full((1, 1, 32, 32), -14.0, requires_grad=True)
+        depth_loss([torch.sigmoid(logits)], teacher, **weights).backward()
+        return logits.grad[roof].abs().mean().item()
+
+    l1, bce = roof_gradient(l1_weight=1.0), roof_gradient(bce_weight=1.0)
+    assert bce > 1e4 * l1
+    # d BCE / d logit = depth - target = 0 - 1 on the roof, over the 32 x 32 valid pixels.
+    assert abs(bce - 1 / 1024) < 1e-5
+    # Where the depth is right the term is small; where it is wrong, large.
+    target, valid = normalize_teacher_depth(teacher)
+    assert (depth_bce(target.clamp(0.01, 0.99), target) * valid).mean() < 0.1
+    assert (depth_bce(1 - target.clamp(0.01, 0.99), target) * valid).mean() > 1.0
+    assert torch.isfinite(depth_bce(torch.zeros(4), torch.ones(4))).all()
