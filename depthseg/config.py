@@ -25,6 +25,7 @@ from depthseg.schema import Section, check_fields, require
 
 Precision = Literal["bf16", "fp32"]
 ClassWeighting = Literal["none", "inverse_sqrt", "inverse"]
+Augment = Literal["d4", "none"]
 
 SECTIONS = ("model", "train")
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
@@ -78,6 +79,9 @@ class TrainConfig(Section):
             8 / 4 / 2). A run with another global ``batch_size`` scales the lr linearly,
             ``lr * batch_size / lr_reference_batch`` (Goyal et al. 2017); None: ``lr`` as given.
         chip_size: Side of a training chip in pixels (paper: 512).
+        augment: ``d4`` (default): each training chip gets a random flip and 90-degree
+            rotation. ``none``: random crops only, for imagery whose orientation carries
+            meaning, e.g. shadows all cast to one side under one sun.
         ignore_index: Label value excluded from L_cls and the metrics.
         precision: ``bf16`` autocast on GPU (CPU runs fall back to fp32) or ``fp32``.
         seed: Seed of weight init and data order.
@@ -100,6 +104,7 @@ class TrainConfig(Section):
     chip_size: int = 512
     ignore_index: int = 255
     precision: Precision = "bf16"
+    augment: Augment = "d4"
     seed: int = 0
 
     def __post_init__(self) -> None:

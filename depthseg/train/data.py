@@ -173,11 +173,13 @@ class RayFeed:
 # Augmentation (on the device)
 
 
-def augment(batch: Batch, generator: torch.Generator, crop: int | None = None) -> Batch:
+def augment(batch: Batch, generator: torch.Generator, crop: int | None = None,
+            dihedral: bool = True) -> Batch:
     """Random flips and 90-degree rotations (and a random crop), the same for all 3 arrays.
 
     One draw per sample from ``generator`` (a CPU generator seeded per epoch and rank), so a
-    resumed run augments exactly as the uninterrupted one.
+    resumed run augments exactly as the uninterrupted one. Without ``dihedral`` only the crop
+    is applied (the same crops: the draws are the same).
     """
     image, label, depth = batch["image"], batch["label"], batch["depth"]
     b, s = image.shape[0], image.shape[-1]
@@ -191,7 +193,7 @@ def augment(batch: Batch, generator: torch.Generator, crop: int | None = None) -
             r, c = offsets[k]
             x, y, d = x[:, r:r + crop, c:c + crop], y[r:r + crop, c:c + crop], \
                 d[r:r + crop, c:c + crop]
-        turns, flip = draws[k] % 4, draws[k] >= 4
+        turns, flip = (draws[k] % 4, draws[k] >= 4) if dihedral else (0, False)
         if flip:
             x, y, d = x.flip(-1), y.flip(-1), d.flip(-1)
         x, y, d = (torch.rot90(t, turns, (-2, -1)) for t in (x, y, d))

@@ -402,7 +402,7 @@ def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print)
             if steps == spe:
                 break  # every worker takes exactly `spe` steps, whatever its shard holds
             batch = augment({k: v.to(device, non_blocking=True) for k, v in batch.items()},
-                            generator, crop)
+                            generator, crop, dihedral=tc.augment == "d4")
             images = normalize(batch["image"], mean, std)
             with autocast(device, tc.precision):
                 out = net(images)

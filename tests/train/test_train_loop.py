@@ -87,6 +87,24 @@ def test_augment_moves_image_label_and_depth_together():
         out["label"].float(), out["depth"])
 
 
+def test_augment_none_only_crops_keeping_orientation():
+    # Shadows cast to one side: train.augment=none keeps every chip's orientation, and takes
+    # the same crops as d4 would.
+    image = torch.arange(4 * 1 * 8 * 8).reshape(4, 1, 8, 8)
+    batch = {"image": image, "label": image[:, 0].clone(), "depth": image[:, 0].float()}
+    kept = augment(batch, torch.Generator().manual_seed(3), crop=6, dihedral=False)
+    turned = augment(batch, torch.Generator().manual_seed(3), crop=6)
+    for k in range(4):
+        window = kept["image"][k, 0]
+        r, c = divmod(int((window[0, 0] - image[k, 0, 0, 0]).item()), 8)
+        assert torch.equal(window, image[k, 0, r:r + 6, c:c + 6])  # a plain crop
+        # d4's chip is a flip/rotation of the very same crop
+        assert any(torch.equal(turned["image"][k, 0], torch.rot90(t, n))
+                   for t in (window, window.flip(-1)) for n in range(4))
+    assert not all(torch.equal(kept["image"][k], turned["image"][k]) for k in range(4))
+    assert load_config("demo", {"train.augment": "none"}).train.augment == "none"
+
+
 def test_stopped_then_resumed_run_equals_the_uninterrupted_one(chip_store, tmp_path):
     config = _config(epochs=3)
     full = _fit(chip_store, tmp_path / "full", config)
