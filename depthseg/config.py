@@ -82,6 +82,10 @@ class TrainConfig(Section):
         augment: ``d4`` (default): each training chip gets a random flip and 90-degree
             rotation. ``none``: random crops only, for imagery whose orientation carries
             meaning, e.g. shadows all cast to one side under one sun.
+        val_every: Validate, save ``best/`` and write a checkpoint every this many epochs and
+            always after the last (default 1: every epoch). A run with short epochs (the
+            CPU demo: 11 steps) spends much of its time there; a larger value buys optimiser
+            steps, at the price of coarser best-model selection and resume points.
         ignore_index: Label value excluded from L_cls and the metrics.
         precision: ``bf16`` autocast on GPU (CPU runs fall back to fp32) or ``fp32``.
         seed: Seed of weight init and data order.
@@ -105,6 +109,7 @@ class TrainConfig(Section):
     ignore_index: int = 255
     precision: Precision = "bf16"
     augment: Augment = "d4"
+    val_every: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -131,6 +136,8 @@ class TrainConfig(Section):
             f"depth_l1 {self.depth_l1_weight}, depth_bce {self.depth_bce_weight}) must be >= 0",
         )
         require(self.chip_size > 0, f"train.chip_size={self.chip_size} must be > 0")
+        require(self.val_every > 0, f"train.val_every={self.val_every} must be >= 1 "
+                "(1: validate and checkpoint after every epoch)")
         require(self.lr_reference_batch is None or self.lr_reference_batch > 0,
                  f"train.lr_reference_batch={self.lr_reference_batch} must be > 0 or null")
 

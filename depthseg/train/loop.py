@@ -421,17 +421,22 @@ def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print)
         progress.close()
         seconds = time.perf_counter() - start
         sums = hooks.all_reduce(sums)
+        # Validation, best/ and the checkpoint every `val_every` epochs and after the last.
+        validate = (epoch + 1) % tc.val_every == 0 or epoch + 1 == tc.epochs
         val_sums = torch.zeros(2, dtype=torch.float64, device=device)
-        cm = hooks.all_reduce(confusion_over(model, feed.val_batches(), mean, std,
-                                             cfg.model.num_classes, device, tc.precision,
-                                             loss_fn, val_sums))
-        val_sums = hooks.all_reduce(val_sums)
+        cm = torch.zeros(0, dtype=torch.int64, device=device)
+        if validate:
+            cm = hooks.all_reduce(confusion_over(model, feed.val_batches(), mean, std,
+                                                 cfg.model.num_classes, device, tc.precision,
+                                                 loss_fn, val_sums))
+            val_sums = hooks.all_reduce(val_sums)
         metrics = _metrics(epoch + 1, state.step, sums, cm, optimizer, seconds, store)
         if float(val_sums[1]) > 0:
             metrics["val_loss"] = float(val_sums[0] / val_sums[1])
         state.epoch = epoch + 1
         state.history.append(metrics)
-        improved = metrics.get("val_mIoU", -1.0) > state.best_miou or cm.sum() == 0
+        improved = validate and (metrics.get("val_mIoU", -1.0) > state.best_miou
+                                 or cm.sum() == 0)
         if rank == 0 and improved:
             state.best_miou = max(state.best_miou, metrics.get("val_mIoU", -1.0))
             save_bundle(join(spec.run_dir, "best"), model, cfg.model, contract, storage)
@@ -449,6 +454,8 @@ def fit(spec: RunSpec, feed: Feed, hooks: Hooks | None = None, log: Any = print)
                     if isinstance(value, float) and math.isfinite(value):
                         board.add_scalar(key, value, state.step)
         log_rank0(rank, log, format_epoch(metrics, tc.epochs))
+        if not validate:
+            continue
         with temp_dir("ckpt") as tmp:
             ckpt = None
             if rank == 0:

@@ -127,6 +127,24 @@ def test_stopped_then_resumed_run_equals_the_uninterrupted_one(chip_store, tmp_p
     assert [m["loss"] for m in full.history] == pytest.approx([m["loss"] for m in resumed.history])
 
 
+def test_val_every_validates_and_checkpoints_every_n_epochs_and_the_last(chip_store, tmp_path):
+    every = _fit(chip_store, tmp_path / "every", _config(epochs=5))
+    config = _config(epochs=5)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, val_every=2))
+    sparse = _fit(chip_store, tmp_path / "sparse", config)
+    assert sorted(p.name for p in (tmp_path / "sparse").glob("checkpoint_epoch_*")) == [
+        "checkpoint_epoch_0002", "checkpoint_epoch_0004", "checkpoint_epoch_0005"]
+    assert ["val_mIoU" in m for m in sparse.history] == [False, True, False, True, True]
+    lines = (tmp_path / "sparse" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5]
+    # Skipping validation leaves the training itself unchanged
+    assert [m["loss"] for m in sparse.history] == pytest.approx([m["loss"] for m in every.history])
+    assert sparse.history[-1]["val_mIoU"] == pytest.approx(every.history[-1]["val_mIoU"])
+    assert (tmp_path / "sparse" / "best").is_dir()
+    with pytest.raises(ValueError, match="train.val_every=0"):
+        load_config("demo", {"train.val_every": 0})
+
+
 def test_checkpoint_leaves_the_frozen_encoder_out(chip_store, tmp_path):
     state = _fit(chip_store, tmp_path, _config(epochs=1))
     saved = torch.load(tmp_path / "checkpoint_epoch_0001" / STATE_FILE, weights_only=False)
