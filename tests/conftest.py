@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -19,7 +20,9 @@ from depthseg.io.s3server import LocalS3Server
 from depthseg.io.storage import Storage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "real"
+#: ../shared/data/real beside the checkout; DEPTHSEG_REAL_DATA points a clone elsewhere at it.
+REAL_DATA = Path(os.environ.get("DEPTHSEG_REAL_DATA",
+                                REPO_ROOT.parent / "shared" / "data" / "real"))
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +70,8 @@ def ray_local() -> Iterator[object]:
 def real_data() -> Path:
     """The folder of real sample imagery (read in place, never copied)."""
     if not REAL_DATA.is_dir():
-        pytest.fail(f"real sample imagery missing: expected {REAL_DATA}")
+        pytest.fail(f"real sample imagery missing: expected {REAL_DATA}; a checkout that "
+                    "is not beside shared/ sets DEPTHSEG_REAL_DATA=/path/to/shared/data/real")
     return REAL_DATA
 
 
