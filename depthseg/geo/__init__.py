@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         TileLayout,
         TileOffset,
         TileSpec,
+        TileWindow,
         axis_offsets,
         chunk_read_window,
         lattice_chunk_size,
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
         lattice_overlap,
         select_tiles,
         tile_windows,
+        trim_tiles,
     )
 
 _WHERE = {
@@ -62,6 +64,7 @@ _WHERE = {
     "TileLayout": "tiles",
     "TileOffset": "tiles",
     "TileSpec": "tiles",
+    "TileWindow": "tiles",
     "axis_offsets": "tiles",
     "chunk_read_window": "tiles",
     "lattice_chunk_size": "tiles",
@@ -70,6 +73,7 @@ _WHERE = {
     "lattice_overlap": "tiles",
     "select_tiles": "tiles",
     "tile_windows": "tiles",
+    "trim_tiles": "tiles",
 }
 
 __all__ = [
@@ -86,6 +90,7 @@ __all__ = [
     "TileLayout",
     "TileOffset",
     "TileSpec",
+    "TileWindow",
     "reproject_geometry",
     "auto_crs",
     "bbox_ring",
@@ -102,6 +107,7 @@ __all__ = [
     "plan_grid",
     "select_tiles",
     "tile_windows",
+    "trim_tiles",
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE)

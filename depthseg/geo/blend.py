@@ -43,7 +43,8 @@ def _ramp(tile: int, overlap: int, kind: BlendKind) -> np.ndarray:
 
 
 def blend_weights(
-    tile: int, overlap: int, kind: BlendKind = "cosine", min_weight: float = 1e-3
+    tile: int, overlap: int, kind: BlendKind = "cosine", min_weight: float = 1e-3,
+    width: int | None = None,
 ) -> np.ndarray:
     """Separable (tile, tile) float32 weights: 1 inside, ramping down over ``overlap`` pixels.
 
@@ -59,19 +60,23 @@ def blend_weights(
         overlap: Ramp width in pixels (the tile overlap); 0 gives all ones.
         kind: ``"cosine"`` (smooth, default) or ``"linear"``.
         min_weight: Floor of every weight, in (0, 1].
+        width: Columns of a tile that is not square (:func:`~depthseg.geo.trim_tiles`);
+            ``tile`` is then its rows.
 
     Returns:
-        Weights of shape (tile, tile), in [min_weight, 1].
+        Weights of shape (tile, tile), or (tile, width), in [min_weight, 1].
     """
-    if tile < 1 or not (0 <= overlap < tile):
+    width = tile if width is None else width
+    if min(tile, width) < 1 or not (0 <= overlap < min(tile, width)):
         raise InputError(
-            f"tile {tile} / overlap {overlap} invalid: need tile > overlap >= 0; "
+            f"tile {tile} x {width} / overlap {overlap} invalid: need tile > overlap >= 0; "
             "give e.g. tile 518 with overlap 64"
         )
     if not (0 < min_weight <= 1):
         raise InputError(f"min_weight {min_weight} must be in (0, 1]; give e.g. 1e-3")
-    ramp = _ramp(tile, overlap, kind)
-    return np.maximum(np.outer(ramp, ramp), min_weight).astype(np.float32)
+    rows = _ramp(tile, overlap, kind)
+    cols = rows if width == tile else _ramp(width, overlap, kind)
+    return np.maximum(np.outer(rows, cols), min_weight).astype(np.float32)
 
 
 def _as_numpy(values: Any) -> np.ndarray:

@@ -46,6 +46,19 @@ class TileOffset(NamedTuple):
     col_off: int
 
 
+class TileWindow(NamedTuple):
+    """A tile as the model runs it: top-left and size in the (padded) chunk + halo area.
+
+    Lattice tiles are ``tile`` x ``tile``; :func:`trim_tiles` shrinks the ones that only
+    partly hold pixels to map.
+    """
+
+    row_off: int
+    col_off: int
+    height: int
+    width: int
+
+
 def _check_tile(tile: int, overlap: int) -> None:
     if not (isinstance(tile, Integral) and isinstance(overlap, Integral)):
         raise InputError(f"tile {tile!r} and overlap {overlap!r} must be whole pixels; give ints")
@@ -212,6 +225,66 @@ def select_tiles(layout: TileLayout, valid: np.ndarray, halo: int,
             covered[core[offset]] -= 1
             kept.remove(offset)
     return kept
+
+
+def _trimmed_axis(any_needed: np.ndarray, tile: int, overlap: int, least: int,
+                  patch: int) -> tuple[int, int]:
+    """(start, size) within a tile axis that keeps every needed pixel ``overlap / 2`` inside."""
+    needed = np.flatnonzero(any_needed)
+    context = overlap // 2
+    lo = max(int(needed[0]) - context, 0)
+    hi = min(int(needed[-1]) + 1 + context, tile)
+    size = min(tile, max(-(-(hi - lo) // patch) * patch, least))
+    if tile - size < max(overlap, 1):  # too small a saving for another batch shape
+        return 0, tile
+    if hi == tile:  # only the near side was cut: the far side stays where the lattice put it
+        return tile - size, size
+    if lo == 0:
+        return 0, size
+    return min(max(lo - (size - (hi - lo)) // 2, 0), tile - size), size
+
+
+def trim_tiles(layout: TileLayout, valid: np.ndarray, halo: int,
+               offsets: list[TileOffset], patch: int = VIT_PATCH) -> list[TileWindow]:
+    """Shrink tiles that only partly hold pixels to map: at a bbox or imagery edge.
+
+    A lattice tile whose cell is cut by the bbox (a region's first and last chunks on each
+    side) or by the imagery's edge holds pixels to map only on one side. Running the whole
+    ``tile`` x ``tile`` there costs model time for no-data and for pixels outside the bbox:
+    on a 4096 px region with chunks of 1792 px, every chunk past the region's edge is such
+    a sliver, and the region cost 100 lattice tiles where one sliding window needs 81.
+
+    Each tile is cut, per axis, to the pixels it must map (valid, outside the halo) plus
+    ``overlap / 2`` pixels of context on each side: the same context every lattice tile
+    gives its cell, so no mapped pixel is predicted from a tile's edge. The size is rounded
+    up to a multiple of ``patch`` (whole ViT patches) and kept at least ``2 * overlap``; a
+    tile is only cut where that saves at least ``overlap`` pixels (fully valid chunks keep
+    whole tiles). The side facing the pixels to map keeps its position, so a cut tile
+    overlaps its lattice neighbour exactly as before and blending stays seamless. The
+    result depends only on the valid mask, so a resumed chunk runs the same tiles.
+
+    Args:
+        layout: The chunk's lattice (:meth:`TileSpec.layout`).
+        valid: (rows, cols) bool over the padded chunk + halo area.
+        halo: The halo in pixels (its pixels need not be mapped).
+        offsets: The tiles to run (:func:`select_tiles`).
+        patch: The model's patch size.
+
+    Returns:
+        One window per offset, in the same order.
+    """
+    tile, overlap = layout.tile, layout.overlap
+    least = max(2 * overlap, patch)
+    rows, cols = valid.shape
+    inner = np.zeros(valid.shape, dtype=bool)
+    inner[halo:rows - halo, halo:cols - halo] = valid[halo:rows - halo, halo:cols - halo]
+    windows = []
+    for row, col in offsets:
+        part = inner[row:row + tile, col:col + tile]
+        row_start, height = _trimmed_axis(part.any(axis=1), tile, overlap, least, patch)
+        col_start, width = _trimmed_axis(part.any(axis=0), tile, overlap, least, patch)
+        windows.append(TileWindow(row + row_start, col + col_start, height, width))
+    return windows
 
 
 @dataclass(frozen=True)

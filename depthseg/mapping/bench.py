@@ -232,7 +232,11 @@ def _pipeline_figures(run: dict[str, Any], cover: int, prefix: str) -> dict[str,
     }
     tiles = run.get("tiles") or {}
     timeline = run.get("timeline") or {}
-    computed, first = tiles.get("computed"), tiles.get("first_chunk")
+    # In whole tiles: a tile trimmed at the bbox's edge counts by the pixels it ran on.
+    computed = tiles.get("full_equivalent", tiles.get("computed"))
+    first = tiles.get("first_chunk_full_equivalent", tiles.get("first_chunk"))
+    if tiles.get("computed"):
+        figures[f"{prefix}tiles_run"] = tiles["computed"]
     if computed:
         figures[f"{prefix}tiles_computed"] = computed
         figures[f"{prefix}tiles_over_cover"] = computed / cover

@@ -18,6 +18,7 @@ Output encoding (also written to the mosaic attributes):
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any
 
@@ -26,7 +27,7 @@ import torch
 
 from depthseg.errors import InputError
 from depthseg.geo import TileSpec, blend_weights, crop_halo
-from depthseg.geo.tiles import TileLayout, TileOffset, select_tiles
+from depthseg.geo.tiles import TileLayout, TileWindow, select_tiles, trim_tiles
 from depthseg.io.bundle import Contract
 from depthseg.mapping.layers import (
     CONFIDENCE_NODATA,
@@ -107,6 +108,7 @@ class ChunkPredictor:
         self.num_classes = num_classes or len(contract.class_names)
         self.tiles_run = 0
         self.last_chunk_tiles = 0
+        self.last_chunk_tile_px = 0  # pixels the model ran on (trimmed tiles count less)
         self.first_forward_at: float | None = None  # epoch seconds of the first tile batch
         self.compiled = compile_model
         if micro_batch is None:
@@ -114,6 +116,9 @@ class ChunkPredictor:
                            else cpu_micro_batch(tiles.tile, batch_size))
         self.micro_batch = max(1, min(micro_batch, batch_size))
         self._run: Any = torch.compile(self.model) if compile_model else self.model
+        # Only the finest depth map is stored: a model that can skip the coarser ones does.
+        self._forward_kwargs = ({"depth_scales": 1} if "depth_scales" in inspect.signature(
+            self.model.forward).parameters else {})
 
     def _forward(self, tiles: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Raw tiles (B, C, T, T) -> probabilities (B, K, T, T) and depth, on the device."""
@@ -133,7 +138,7 @@ class ChunkPredictor:
                 if self.compiled and size < self.micro_batch:  # one static shape to compile
                     part = torch.cat([part, part.new_zeros(
                         (self.micro_batch - size, *part.shape[1:]))])
-                out = self._run(part)
+                out = self._run(part, **self._forward_kwargs)
                 probs_parts.append(torch.softmax(out.logits[:size].float(), dim=1))
                 if len(out.depths):
                     depth_parts.append(out.depths[0][:size].float())
@@ -179,20 +184,29 @@ class ChunkPredictor:
             pad = ((0, 0), (0, layout.pad_rows), (0, layout.pad_cols))
             pixels = np.pad(pixels, pad)
             valid = np.pad(valid, pad[1:])
-        tile = layout.tile
-        # Tiles that see only no-data, or only add a sliver another tile covers, are skipped.
+        # Tiles that see only no-data, or only add a sliver another tile covers, are skipped;
+        # tiles cut by the bbox or the imagery's edge are trimmed to what they map (not when
+        # compiled: one static shape).
         offsets = select_tiles(layout, valid, self.tiles.halo_px)
-        self.last_chunk_tiles = len(offsets)
+        windows = ([TileWindow(r, c, layout.tile, layout.tile) for r, c in offsets]
+                   if self.compiled else trim_tiles(layout, valid, self.tiles.halo_px, offsets))
+        self.last_chunk_tiles = len(windows)
+        self.last_chunk_tile_px = sum(w.height * w.width for w in windows)
         blender = DeviceBlender(self.num_classes + 1, layout, self.device)
         has_depth = False
-        for start in range(0, len(offsets), self.batch_size):
-            batch_offsets = offsets[start:start + self.batch_size]
-            batch = np.stack([pixels[:, r:r + tile, c:c + tile] for r, c in batch_offsets])
-            probs, depth = self._forward(batch)
-            has_depth = depth is not None
-            if depth is None:
-                depth = torch.zeros_like(probs[:, :1])
-            blender.add_batch(torch.cat([probs, depth], dim=1), batch_offsets)
+        shapes: dict[tuple[int, int], list[TileWindow]] = {}
+        for window in windows:  # one batch shape per tile size, in lattice order
+            shapes.setdefault((window.height, window.width), []).append(window)
+        for (rows, cols), same in shapes.items():
+            for start in range(0, len(same), self.batch_size):
+                batch_windows = same[start:start + self.batch_size]
+                batch = np.stack([pixels[:, r:r + rows, c:c + cols]
+                                  for r, c, _, _ in batch_windows])
+                probs, depth = self._forward(batch)
+                has_depth = depth is not None
+                if depth is None:
+                    depth = torch.zeros_like(probs[:, :1])
+                blender.add_batch(torch.cat([probs, depth], dim=1), batch_windows)
         halo = self.tiles.halo_px
         blended = blender.result()[:, halo:height - halo, halo:width - halo]
         chunk_valid = crop_halo(valid[:height, :width], halo)
@@ -209,19 +223,27 @@ class DeviceBlender:
 
     def __init__(self, channels: int, layout: TileLayout, device: torch.device) -> None:
         """Empty (channels, rows, cols) accumulators over the padded layout area."""
-        self.tile = layout.tile
-        weights = blend_weights(layout.tile, layout.overlap)
-        self.weights = torch.from_numpy(weights).to(device)
+        self.tile, self.overlap, self.device = layout.tile, layout.overlap, device
+        self._weights: dict[tuple[int, int], torch.Tensor] = {}
         rows, cols = max(layout.height, self.tile), max(layout.width, self.tile)
         self.value_sum = torch.zeros((channels, rows, cols), dtype=torch.float32, device=device)
         self.weight_sum = torch.zeros((rows, cols), dtype=torch.float32, device=device)
 
-    def add_batch(self, values: torch.Tensor, offsets: list[TileOffset]) -> None:
-        """Add (B, C, tile, tile) outputs at their (row, col) offsets."""
-        weighted = values.float() * self.weights
-        for tile_values, (row, col) in zip(weighted, offsets, strict=True):
-            self.value_sum[:, row:row + self.tile, col:col + self.tile] += tile_values
-            self.weight_sum[row:row + self.tile, col:col + self.tile] += self.weights
+    def weights(self, rows: int, cols: int) -> torch.Tensor:
+        """The (rows, cols) blending weights of a (trimmed) tile, made once per shape."""
+        if (rows, cols) not in self._weights:
+            self._weights[(rows, cols)] = torch.from_numpy(
+                blend_weights(rows, self.overlap, width=cols)).to(self.device)
+        return self._weights[(rows, cols)]
+
+    def add_batch(self, values: torch.Tensor, windows: list[TileWindow]) -> None:
+        """Add (B, C, rows, cols) outputs of same-sized tiles at their windows."""
+        rows, cols = values.shape[-2:]
+        weights = self.weights(rows, cols)
+        weighted = values.float() * weights
+        for tile_values, (row, col, *_) in zip(weighted, windows, strict=True):
+            self.value_sum[:, row:row + rows, col:col + cols] += tile_values
+            self.weight_sum[row:row + rows, col:col + cols] += weights
 
     def result(self) -> torch.Tensor:
         """(C, rows, cols) weighted mean; 0 where no tile was added."""

@@ -49,6 +49,8 @@ class RunReport:
         cogs_reused: Done chunks whose COGs were copied in, not encoded by this run.
         tiles_computed: Model tiles this run computed; ``first_chunk_tiles`` those of the
             first chunk to finish.
+        tile_px: Pixels those tiles held (tiles trimmed at a bbox or imagery edge hold
+            fewer than ``tile * tile``); ``first_chunk_tile_px`` those of the first chunk.
         timeline: Epoch seconds: ``command`` (the CLI started), ``map`` (the stream started),
             ``first_tile`` (the first tile batch reached a model), ``first_chunk_done``,
             ``last_chunk_done``. The steady rate is the tiles after the first chunk over
@@ -78,6 +80,8 @@ class RunReport:
     cogs_reused: int = 0
     tiles_computed: int = 0
     first_chunk_tiles: int = 0
+    tile_px: int = 0
+    first_chunk_tile_px: int = 0
     timeline: dict[str, float] = field(default_factory=dict)
     started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(
         timespec="seconds"))
@@ -98,12 +102,15 @@ class RunReport:
         for stage in ("read", "predict", "write"):
             self.seconds[stage] += float(row[f"{stage}_s"])
         tiles, done_at = int(row.get("tiles", 0)), float(row.get("done_at", 0.0))
+        tile_px = int(row.get("tile_px", 0))
         self.tiles_computed += tiles
+        self.tile_px += tile_px
         first_tile = float(row.get("first_tile_at", 0.0))
         if first_tile and first_tile < self.timeline.get("first_tile", float("inf")):
             self.timeline["first_tile"] = first_tile
         if done_at and done_at < self.timeline.get("first_chunk_done", float("inf")):
             self.timeline["first_chunk_done"], self.first_chunk_tiles = done_at, tiles
+            self.first_chunk_tile_px = tile_px
         if done_at > self.timeline.get("last_chunk_done", 0.0):
             self.timeline["last_chunk_done"] = done_at
 
@@ -113,6 +120,14 @@ class RunReport:
         if first is None or last is None or last <= first:
             return None
         return (self.tiles_computed - self.first_chunk_tiles) / (last - first)
+
+    def _full_tiles(self) -> dict[str, float]:
+        """The tiles' pixels in whole ``tile x tile`` tiles (trimmed tiles count in part)."""
+        if self.plan is None or not self.tile_px:
+            return {}
+        full = self.plan.tiles.tile ** 2
+        return {"full_equivalent": round(self.tile_px / full, 3),
+                "first_chunk_full_equivalent": round(self.first_chunk_tile_px / full, 3)}
 
     @property
     def km2(self) -> float:
@@ -152,7 +167,8 @@ class RunReport:
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "tiles": {"computed": self.tiles_computed, "first_chunk": self.first_chunk_tiles,
                       "steady_per_s": (None if self.steady_tiles_per_s() is None else
-                                       round(self.steady_tiles_per_s() or 0.0, 4))},
+                                       round(self.steady_tiles_per_s() or 0.0, 4)),
+                      **self._full_tiles()},
             "timeline": {k: round(v, 3) for k, v in self.timeline.items()},
             "finalise_seconds": {k: round(v, 3) for k, v in self.finalise_steps.items()},
             "driver": {**driver_usage(), "map_cpu_s": round(self.driver_map_cpu_s, 3),

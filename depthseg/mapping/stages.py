@@ -273,11 +273,11 @@ class ChunkPredictActor:
         """Ray Data actor call: read rows -> predicted rows (encoded layers, no input pixels)."""
         size = self.ctx.grid.chunk_size
         out: dict[str, list[Any]] = {name: [] for name in (
-            "chunk", "acquired", "error", "detail", "read_s", "predict_s", "tiles",
+            "chunk", "acquired", "error", "detail", "read_s", "predict_s", "tiles", "tile_px",
             "first_tile_at", "retries", *LAYERS)}
         for i, key in enumerate(batch["chunk"]):
             error, detail, seconds = str(batch["error"][i]), str(batch["detail"][i]), 0.0
-            prediction, tiles = None, 0
+            prediction, tiles, tile_px = None, 0, 0
             if not error:
                 start = time.perf_counter()
                 try:
@@ -285,6 +285,7 @@ class ChunkPredictActor:
                         batch["pixels"][i], batch["valid"][i],
                         probabilities=self.ctx.probabilities)
                     tiles = self.predictor.last_chunk_tiles
+                    tile_px = self.predictor.last_chunk_tile_px
                 except Exception as err:  # noqa: BLE001 - fail the chunk, keep the run
                     error, detail = _error_text(err), _error_detail(err)
                 seconds = time.perf_counter() - start
@@ -300,7 +301,8 @@ class ChunkPredictActor:
             for name, value in (("chunk", str(key)), ("acquired", str(batch["acquired"][i])),
                                 ("error", error), ("detail", detail),
                                 ("read_s", float(batch["read_s"][i])), ("predict_s", seconds),
-                                ("tiles", tiles), ("retries", int(batch["retries"][i])),
+                                ("tiles", tiles), ("tile_px", tile_px),
+                                ("retries", int(batch["retries"][i])),
                                 ("first_tile_at", self.predictor.first_forward_at or 0.0)):
                 out[name].append(value)
         rows = {name: np.stack(v) if name in LAYERS or name == "probabilities" else np.array(v)
@@ -322,7 +324,7 @@ def write_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, np
     mosaic = Mosaic(ctx.out, ctx.storage)
     results: dict[str, list[Any]] = {name: [] for name in (
         "chunk", "error", "detail", "read_s", "predict_s", "write_s", "valid", "tiles",
-        "first_tile_at", "done_at", "retries")}
+        "tile_px", "first_tile_at", "done_at", "retries")}
     for i, key in enumerate(batch["chunk"]):
         error, detail, seconds, valid = str(batch["error"][i]), str(batch["detail"][i]), 0.0, 0
         retried = retries_so_far()
@@ -340,6 +342,7 @@ def write_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, np
                             ("read_s", float(batch["read_s"][i])),
                             ("predict_s", float(batch["predict_s"][i])), ("write_s", seconds),
                             ("valid", valid), ("tiles", int(batch["tiles"][i])),
+                            ("tile_px", int(batch["tile_px"][i])),
                             ("first_tile_at", float(batch["first_tile_at"][i])),
                             ("done_at", time.time()),
                             ("retries", int(batch["retries"][i]) + retries_so_far() - retried)):

@@ -17,7 +17,7 @@ from depthseg.model.adapter import build_adapter
 from depthseg.model.baseline import DeepLabV3Baseline
 from depthseg.model.config import ModelConfig
 from depthseg.model.decoder import SemanticDecoder
-from depthseg.model.dpt import DPTHead
+from depthseg.model.dpt import DEPTH_SCALES, DPTHead
 from depthseg.model.encoder import Encoder, load_encoder_weights
 from depthseg.model.output import DepthSegOutput
 from depthseg.model.prompter import DepthPrompter
@@ -50,14 +50,18 @@ class DepthSeg(nn.Module):
             )
         self.decoder = SemanticDecoder(dim, cfg.decoder_channels, cfg.num_classes)
 
-    def forward(self, images: Tensor) -> DepthSegOutput:
-        """Segment normalised images (B, C, H, W) of any H, W; see :func:`normalize`."""
+    def forward(self, images: Tensor, depth_scales: int = len(DEPTH_SCALES)) -> DepthSegOutput:
+        """Segment normalised images (B, C, H, W) of any H, W; see :func:`normalize`.
+
+        ``depth_scales``: how many depth maps to return, finest first (1 when mapping: the
+        coarser two only serve the multi-scale distillation loss).
+        """
         out_hw = (images.shape[-2], images.shape[-1])  # (H, W)
         tokens = self.encoder(images)  # 4 x (B, D, h, w), h = round(H / patch)
         f = self.adapter(tokens)  # 4 x (B, D, h, w)
         if self.depth_head is None or self.prompter is None:
             return DepthSegOutput(self.decoder(f, None, out_hw), [])  # ablation: no depth
-        depths, depth_features = self.depth_head(f, out_hw)  # 3 x (B, 1, H/s, W/s); 8h,4h,2h
+        depths, depth_features = self.depth_head(f, out_hw, depth_scales)  # (B, 1, H/s, W/s)
         psi = self.prompter(depth_features)  # 4 x (B, C_l, 4h | 2h | h | h/2)
         logits = self.decoder(f, psi, out_hw)  # (B, K, H, W)
         return DepthSegOutput(logits, depths)

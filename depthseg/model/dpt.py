@@ -117,16 +117,19 @@ class DPTHead(nn.Module):
         self.outputs = nn.ModuleList(DepthOutput(features) for _ in DEPTH_SCALES)
 
     def forward(
-        self, features: list[Tensor], out_hw: tuple[int, int]
+        self, features: list[Tensor], out_hw: tuple[int, int], scales: int = len(DEPTH_SCALES)
     ) -> tuple[list[Tensor], list[Tensor]]:
         """Decode depth.
 
         Args:
             features: 4 maps (B, D, h, w), shallow to deep.
             out_hw: The (H, W) of the model input.
+            scales: How many depth maps to output, finest first (training supervises all
+                three; mapping stores only the finest, and the coarser two cost ~3 % of a
+                ViT-S forward).
 
         Returns:
-            ``depths``: 3 maps (B, 1, H/s, W/s) for s = 1, 2, 4, finest first;
+            ``depths``: ``scales`` maps (B, 1, H/s, W/s) for s = 1, 2, 4, finest first;
             ``depth_features``: 3 maps (B, F, 8h|4h|2h, ...), finest first.
         """
         pyramid = [
@@ -144,8 +147,8 @@ class DPTHead(nn.Module):
         depth_features = [path_8h, path_4h, path_2h]
         depths = [
             head(x, size)  # (B, 1, H/s, W/s)
-            for head, x, size in zip(
+            for head, x, size in list(zip(
                 self.outputs, depth_features, depth_sizes(*out_hw), strict=True
-            )
+            ))[:scales]
         ]
         return depths, depth_features

@@ -13,6 +13,7 @@ from depthseg.geo import (
     lattice_offsets,
     select_tiles,
     tile_windows,
+    trim_tiles,
 )
 
 
@@ -75,6 +76,58 @@ def test_full_chunks_keep_every_tile_and_empty_ones_none() -> None:
     halo_only = np.zeros_like(full)
     halo_only[:spec.halo_px] = True  # imagery in the halo alone needs no tile
     assert select_tiles(layout, halo_only, spec.halo_px) == []
+
+
+def _region_valid(layout, spec: TileSpec, chunk: int, row: int, col: int,
+                  region: tuple[int, int, int, int]) -> np.ndarray:
+    """Chunk (row, col)'s valid mask for a bbox (top, left, bottom, right) in global px."""
+    valid = np.zeros((layout.height, layout.width), dtype=bool)
+    top, left = row * chunk - spec.halo_px, col * chunk - spec.halo_px
+    r0, c0, r1, c1 = region
+    valid[max(r0 - top, 0):max(r1 - top, 0), max(c0 - left, 0):max(c1 - left, 0)] = True
+    return valid
+
+
+def test_tiles_cut_by_the_bbox_are_trimmed_to_what_they_map() -> None:
+    """A 4096 px bbox over 1792 px chunks (pieces 256 + 1792 + 1792 + 256 px per axis)."""
+    tile, overlap, chunk = 518, 70, 1792
+    spec = TileSpec(tile, overlap, halo=lattice_halo(chunk, tile, overlap))
+    layout = spec.layout(chunk, chunk)
+    region = (1536, 1536, 1536 + 4096, 1536 + 4096)
+    pixels = 0
+    for row in range(4):
+        for col in range(4):
+            valid = _region_valid(layout, spec, chunk, row, col, region)
+            offsets = select_tiles(layout, valid, spec.halo_px)
+            windows = trim_tiles(layout, valid, spec.halo_px, offsets)
+            assert [(w.row_off, w.col_off) for w in windows] != [] or not valid.any()
+            inner = np.zeros_like(valid)
+            inner[spec.halo_px:-spec.halo_px, spec.halo_px:-spec.halo_px] = True
+            depth = np.full(valid.shape, -1)
+            for (r, c), w in zip(offsets, windows, strict=True):
+                # Inside the lattice tile, whole ViT patches, at least 2 x overlap a side.
+                assert r <= w.row_off and w.row_off + w.height <= r + tile
+                assert c <= w.col_off and w.col_off + w.width <= c + tile
+                assert w.height % 14 == 0 and w.width % 14 == 0
+                assert min(w.height, w.width) >= 2 * overlap
+                rows, cols = np.arange(w.height), np.arange(w.width)
+                inside = np.minimum.outer(np.minimum(rows, w.height - 1 - rows),
+                                          np.minimum(cols, w.width - 1 - cols))
+                area = depth[w.row_off:w.row_off + w.height, w.col_off:w.col_off + w.width]
+                np.maximum(area, inside, out=area)
+                pixels += w.height * w.width
+            # Every pixel to map lies at least overlap / 2 inside a tile, as on full tiles.
+            assert (depth[valid & inner] >= overlap // 2).all()
+            if row in (1, 2) and col in (1, 2):  # full chunks: whole lattice tiles
+                assert windows == [(r, c, tile, tile) for r, c in layout.offsets]
+    # 100 lattice tiles, but 336 px wide along the 256 px pieces: 86.4 tiles' worth of pixels
+    # (one sliding window over the bbox: 81 whole tiles).
+    assert 86 < pixels / tile**2 < 87
+    edge = _region_valid(layout, spec, chunk, 0, 1, region)
+    windows = trim_tiles(layout, edge, spec.halo_px, select_tiles(layout, edge, spec.halo_px))
+    assert {(w.height, w.width) for w in windows} == {(336, tile)}
+    # The cut side moved; the side facing the region kept its lattice position.
+    assert all(w.row_off + w.height == layout.offsets[-1].row_off + tile for w in windows)
 
 
 def test_bad_lattice_input() -> None:

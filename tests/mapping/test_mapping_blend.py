@@ -226,3 +226,26 @@ def test_precision_sets_the_models_arithmetic_on_the_cpu(precision: str,
         assert agree > 0.97, agree
         assert np.abs(got.depth.astype(float) - expected.depth.astype(float)).max() < 0.02
 
+
+
+def test_tiles_trimmed_at_the_bbox_edge_map_what_whole_tiles_map() -> None:
+    """A chunk the bbox cuts: fewer model pixels, the same map where the bbox holds."""
+    contract = contract_for("uint16", (3, 2, 1))
+    rng = np.random.default_rng(2)
+    spec = TileSpec(126, 28)  # stride 98; chunk 392 = 4 cells; halo 28
+    area = 392 + 2 * spec.halo_px
+    pixels = rng.integers(100, 900, size=(3, area, area)).astype(np.uint16)
+    whole = np.ones((area, area), dtype=bool)
+    cut = whole.copy()
+    cut[:, :spec.halo_px + 350] = False  # the bbox keeps the chunk's last 42 columns
+    predictor = ChunkPredictor(LocalModel(), contract, spec, batch_size=3)
+    reference = predictor.predict_chunk(pixels, whole)
+    full_px = predictor.last_chunk_tile_px
+    got = predictor.predict_chunk(pixels, cut)
+    assert predictor.last_chunk_tiles == 4  # one column of tiles, each 126 x 70 px
+    assert predictor.last_chunk_tile_px == 4 * 126 * 70 < full_px / 4
+    mapped = got.landcover != 255
+    assert mapped[:, 350:].all() and not mapped[:, :350].any()
+    np.testing.assert_array_equal(got.landcover[mapped], reference.landcover[mapped])
+    np.testing.assert_allclose(got.depth[mapped].astype(np.float32),
+                               reference.depth[mapped].astype(np.float32), atol=1e-3)

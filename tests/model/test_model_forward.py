@@ -153,6 +153,17 @@ def test_eval_is_deterministic_and_batch_independent(shrunk):
     torch.testing.assert_close(full.logits[1:2], single.logits, atol=1e-4, rtol=1e-4)
 
 
+def test_mapping_asks_for_the_finest_depth_only(shrunk):
+    """``depth_scales=1`` (what the mapping predictor asks) skips the two coarser maps only."""
+    model = DepthSeg(shrunk("tiny")).eval()
+    images = torch.randn(2, 3, 70, 98)
+    with torch.inference_mode():
+        every, finest = model(images), model(images, depth_scales=1)
+    assert len(every.depths) == 3 and len(finest.depths) == 1
+    assert torch.equal(every.logits, finest.logits)
+    assert torch.equal(every.depths[0], finest.depths[0])
+
+
 def test_fit_to_patch_resizes_only_off_multiples():
     x = torch.randn(1, 3, 126, 70)
     assert fit_to_patch(x, 14) is x
