@@ -55,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="the model's arithmetic in all three (auto: bf16 on CUDA, fp32 "
                              "on the CPU)")
-    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the pipeline's Ray")
+    parser.add_argument("--num-cpus", type=int, default=2,
+                        help="CPUs of the pipeline's Ray (with --executor ray)")
+    parser.add_argument("--executor", choices=("auto", "ray", "local"), default="auto",
+                        help="map_region's --executor (auto: what a user gets on this "
+                             "machine; without a GPU or a cluster that is this process)")
     parser.add_argument("--no-grow", action="store_true",
                         help="skip the 16x-region runs (pipeline and plain loop)")
     parser.add_argument("--work-dir", type=Path, default=None, help="scratch (default: temp)")
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                                grow=not args.no_grow, num_cpus=args.num_cpus,
                                plain_workers=args.plain_workers,
                                plain_batch_size=args.plain_batch_size,
-                               precision=args.precision)
+                               precision=args.precision, executor=args.executor)
         figures = run_benchmark(options)
     print(format_figures(figures))
     if args.json:

@@ -22,7 +22,7 @@ import time
 import warnings
 from collections.abc import Callable
 from functools import lru_cache
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import rasterio
@@ -112,10 +112,7 @@ def read_scene(scene: Scene, storage: Storage, crs: str, transform: Affine, heig
             # Chip pairs may be PNGs without georeferencing: read on their own pixel grid.
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             with rasterio.open(path) as src:
-                pixels = src.read(list(bands), window=window, boundless=True, fill_value=0)
-                # The dataset mask covers no-data, mask/alpha bands and outside-the-file pixels.
-                valid = src.dataset_mask(window=window, boundless=True) > 0
-        return pixels, valid
+                return _read_window(src, window, bands)
 
     def warped() -> tuple[np.ndarray, np.ndarray]:
         with storage.gdal_env(), rasterio.open(path) as src, WarpedVRT(
@@ -131,6 +128,29 @@ def read_scene(scene: Scene, storage: Storage, crs: str, transform: Affine, heig
     pixels, valid = read_with_retries(direct if offset is not None else warped, path,
                                       f"scene {scene.uri!r}")
     pixels[:, ~valid] = 0
+    return pixels, valid
+
+
+def _read_window(src: Any, window: Window, bands: tuple[int, ...],
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``(pixels, valid)`` of a window that may reach past the file: 0 / False out there.
+
+    Only the part inside the file is read: rasterio's ``boundless=True`` goes through a
+    VRT and took 4x as long even for a window wholly inside (0.21 s against 0.05 s for
+    2016 px of 4-band uint16).
+    """
+    row, col = int(window.row_off), int(window.col_off)
+    height, width = int(window.height), int(window.width)
+    pixels = np.zeros((len(bands), height, width), dtype=src.dtypes[bands[0] - 1])
+    valid = np.zeros((height, width), dtype=bool)
+    top, left = max(row, 0), max(col, 0)
+    bottom, right = min(row + height, src.height), min(col + width, src.width)
+    if bottom > top and right > left:
+        inside = Window(left, top, right - left, bottom - top)
+        rows, cols = slice(top - row, bottom - row), slice(left - col, right - col)
+        pixels[:, rows, cols] = src.read(list(bands), window=inside)
+        # The dataset mask covers no-data and mask/alpha bands.
+        valid[rows, cols] = src.dataset_mask(window=inside) > 0
     return pixels, valid
 
 

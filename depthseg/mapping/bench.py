@@ -75,6 +75,8 @@ class BenchOptions:
             users write it does not: give it the same pass size to compare forward passes
             alike.
         precision: The model's arithmetic in all three (``--precision`` of map_region).
+        executor: ``--executor`` of map_region: ``auto`` (what a user gets: in this
+            process on a machine without a GPU or a cluster), ``ray`` or ``local``.
     """
 
     work_dir: Path
@@ -89,6 +91,7 @@ class BenchOptions:
     plain_workers: int = 1
     plain_batch_size: int | None = None
     precision: str = "auto"
+    executor: str = "auto"
 
 
 def _bundle(options: BenchOptions) -> str:
@@ -175,8 +178,10 @@ def run_pipeline_subprocess(options: BenchOptions, imagery: Path, bbox: tuple[fl
                "--bbox", *map(str, bbox), "--bbox-crs", crs, "--imagery", str(imagery),
                "--model", bundle, "--out", str(out),
                "--tile", str(options.tile), "--overlap", str(options.overlap),
-               "--batch-size", str(options.batch_size), "--num-cpus", str(options.num_cpus),
-               "--precision", options.precision]
+               "--batch-size", str(options.batch_size), "--precision", options.precision,
+               "--executor", options.executor]
+    if options.executor == "ray":
+        command += ["--num-cpus", str(options.num_cpus)]
     if options.chunk:
         command += ["--chunk", str(options.chunk)]
     wall, peak = _run_measured(command, "map_region")
@@ -287,6 +292,7 @@ def run_benchmark(options: BenchOptions) -> dict[str, Any]:
         "plain_workers": options.plain_workers,
         "plain_batch_size": options.plain_batch_size or options.batch_size,
         "cpu_pass_tiles": cpu_pass, "precision": options.precision,
+        "executor": options.executor,
         "device": device,
         "torch_threads": torch.get_num_threads(), "region_px": options.region_px,
         "cover_tiles": cover, "model_tiles_per_s": cover / model_s,

@@ -28,14 +28,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line: every :class:`~depthseg.mapping.request.MapRequest` option, and Ray's."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    parser.add_argument("--local", action="store_true",
-                        help="run the stages in this process, without Ray (debugging)")
+    parser.add_argument("--executor", choices=("auto", "ray", "local"), default="auto",
+                        dest="executor_choice",
+                        help="where the stages run: Ray (actors and tasks, on this machine or "
+                             "the cluster of --ray-address / RAY_ADDRESS) or this process "
+                             "(one model, reads and writes on threads). auto: this process "
+                             "when there is no cluster to join, no GPU and one CPU actor "
+                             "(Ray would run the one model anyway and add its start-up and "
+                             "its own processes), else Ray")
+    parser.add_argument("--local", action="store_true", help="the same as --executor local")
     parser.add_argument("--ray-address", default=None,
                         help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
     parser.add_argument("--verbose", action="store_true",
                         help="show Ray's own INFO messages (hidden by default)")
     return parser.parse_args(argv)
+
+
+def choose_executor(args: argparse.Namespace) -> tuple[str, str]:
+    """``(executor, why)`` for ``--executor auto`` (and the explicit choices)."""
+    if args.local or args.executor_choice == "local":
+        return "local", "asked for"
+    if args.executor_choice == "ray":
+        return "ray", "asked for"
+    if args.ray_address or os.environ.get("RAY_ADDRESS"):
+        return "ray", "a Ray cluster to join"
+    if args.num_cpus is not None:
+        return "ray", "--num-cpus sets a local Ray"
+    if args.gpus:
+        return "ray", f"--gpus {args.gpus}"
+    if (args.cpu_actors or 1) > 1:
+        return "ray", f"--cpu-actors {args.cpu_actors}"
+    if args.write_stage == "separate":
+        return "ray", "--write-stage separate"
+    import torch
+
+    if args.gpus is None and torch.cuda.is_available():
+        return "ray", "a GPU on this machine"
+    return "local", ("no Ray cluster, no GPU and one CPU actor; --executor ray runs the "
+                     "same stages on a local Ray")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         storage = Storage.from_env()
         # Ray workers do not run in this directory: local paths are made absolute here.
-        request = request_from_args(args, executor="local" if args.local else "ray",
+        executor, why = choose_executor(args)
+        print(f"executor: {'this process' if executor == 'local' else 'Ray'} ({why})",
+              file=sys.stderr)
+        request = request_from_args(args, executor=executor,
                                     imagery=absolute(args.imagery), model=absolute(args.model),
                                     out=absolute(args.out))
         report = map_region(request, storage, start_ray=start_ray,

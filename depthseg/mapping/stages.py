@@ -352,9 +352,34 @@ def write_batch(batch: dict[str, np.ndarray], ctx: ChunkContext) -> dict[str, np
 
 def run_local(ctx: ChunkContext, rows: list[dict[str, str]], predictor: ChunkPredictActor,
               on_result: Callable[[dict[str, Any]], None]) -> None:
-    """The same stages in one process, chunk by chunk (debugging, tests, the benchmark)."""
-    for row in rows:
-        read = read_batch({name: np.array([value]) for name, value in row.items()}, ctx)
-        predicted = predictor(read)
-        out = predicted if predictor.write else write_batch(predicted, ctx)
-        on_result({name: values[0] for name, values in out.items()})
+    """The same stages in one process, as a pipeline: read ahead, predict, write behind.
+
+    While the model predicts a chunk, one thread reads the next chunk and another writes the
+    previous one (GDAL, Zarr and COG encoding release the GIL), so the model rarely waits on
+    storage: at most three chunks are held at once. Results reach ``on_result`` in order.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    def read(row: dict[str, str]) -> dict[str, Any]:
+        return read_batch({name: np.array([value]) for name, value in row.items()}, ctx)
+
+    def write(predicted: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return predicted if predictor.write else write_batch(predicted, ctx)
+
+    def report(written: Future[dict[str, np.ndarray]] | None) -> None:
+        if written is not None:
+            on_result({name: values[0] for name, values in written.result().items()})
+
+    with ThreadPoolExecutor(1, thread_name_prefix="depthseg-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="depthseg-write") as writer:
+        ahead = [reader.submit(read, row) for row in rows[:1]]
+        written: Future[dict[str, np.ndarray]] | None = None
+        for index in range(len(rows)):
+            pixels = ahead.pop().result()
+            if index + 1 < len(rows):
+                ahead.append(reader.submit(read, rows[index + 1]))
+            predicted = predictor(pixels)
+            del pixels
+            report(written)  # the previous chunk's write, done while this one predicted
+            written = writer.submit(write, predicted)
+        report(written)

@@ -79,3 +79,29 @@ def test_the_regions_file_keys_are_map_options() -> None:
     assert set(REGION_KEYS.values()) <= fields
     assert REGION_KEYS["chunk"] == "chunk_size" and REGION_KEYS["precision"] == "precision"
     assert "resume" not in REGION_KEYS.values() and "out" not in REGION_KEYS.values()
+
+
+def test_auto_executor_runs_in_this_process_only_without_a_cluster_gpu_or_second_actor(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One model on this machine: Ray would only add its start-up; anything more gets Ray."""
+    import torch
+
+    from depthseg.mapping.cli import choose_executor
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+    def chosen(*extra: str) -> str:
+        return choose_executor(parse_args([*REQUIRED, *extra]))[0]
+
+    assert chosen() == ("ray" if torch.cuda.is_available() else "local")
+    assert chosen("--gpus", "0") == "local"
+    assert chosen("--local") == chosen("--executor", "local") == "local"
+    assert chosen("--executor", "ray") == "ray"
+    assert chosen("--ray-address", "127.0.0.1:6379") == "ray"
+    assert chosen("--gpus", "1") == chosen("--cpu-actors", "2") == "ray"
+    assert chosen("--num-cpus", "4") == chosen("--write-stage", "separate") == "ray"
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # inside `ray job submit`
+    assert chosen("--gpus", "0") == "ray"
+    monkeypatch.delenv("RAY_ADDRESS")
+    why = choose_executor(parse_args([*REQUIRED, "--gpus", "0"]))[1]
+    assert "--executor ray" in why  # the local choice says how to get Ray instead

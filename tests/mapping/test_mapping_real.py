@@ -19,7 +19,8 @@ SAMPLE = "worldview3_lasvegas_rgb_0.27m.tif"
 
 @pytest.mark.slow
 def test_worldview3_sample_maps_in_its_crs(real_data: Path, bundle_uint8: str,
-                                           tmp_path: Path) -> None:
+                                           tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     scene = real_data / SAMPLE
     with rasterio.open(scene) as src:
         bounds = src.bounds
@@ -28,8 +29,10 @@ def test_worldview3_sample_maps_in_its_crs(real_data: Path, bundle_uint8: str,
     out = tmp_path / "lasvegas"
     code = load_job("map_region").main([
         "--bbox", *map(str, bbox), "--imagery", str(scene), "--model", bundle_uint8,
-        "--out", str(out), "--chunk", "256", "--tile", "126", "--overlap", "28", "--local"])
+        "--out", str(out), "--chunk", "256", "--tile", "126", "--overlap", "28", "--gpus", "0"])
     assert code == 0
+    # No cluster, no GPU, one model: the stages ran in this process, and it said so.
+    assert "executor: this process" in capsys.readouterr().err
     run = json.loads((out / "run.json").read_text())
     assert run["grid"]["crs"] == "EPSG:26911"
     assert run["grid"]["resolution"] == pytest.approx(0.2723, abs=1e-3)
