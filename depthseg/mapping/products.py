@@ -32,6 +32,7 @@ import numpy as np
 import pystac
 from pyproj import Transformer
 from rasterio.io import MemoryFile
+from rasterio.shutil import copy as rio_copy
 from rio_cogeo.cogeo import cog_translate
 from rio_cogeo.profiles import cog_profiles
 
@@ -187,23 +188,37 @@ def translate_cog(src: Any, layer: str, contract: Contract, chunk: ChunkId | Non
                       config={"GDAL_NUM_THREADS": "1"})
 
 
+def copy_to_cog(src: Any, dst_path: Path, block: int, resampling: str) -> None:
+    """An open (in-memory) dataset -> a COG by GDAL's COG driver, in one pass.
+
+    Tags, colour table, band descriptions, scales and no-data come from ``src``. ZSTD level
+    3 and internal overviews resampled with ``resampling``, as :func:`translate_cog`; for
+    the chunk tiles (three per chunk) this takes about 0.2 s where rio-cogeo's translate,
+    which first writes the whole file once more, took 0.33-0.37 s (1792 px, 2-core Xeon).
+    """
+    rio_copy(src, str(dst_path), driver="COG", COMPRESS="ZSTD", LEVEL=3, BLOCKSIZE=block,
+             OVERVIEW_RESAMPLING=resampling.upper(), NUM_THREADS=1)
+
+
 def encode_cog(data: np.ndarray, layer: str, grid: OutputGrid, chunk: ChunkId,
                contract: Contract, dst_path: Path) -> None:
     """Write one chunk's layer as a COG (ZSTD, internal overviews, class names, colours)."""
     profile = {"driver": "GTiff", "height": data.shape[0], "width": data.shape[1], "count": 1,
                "dtype": COG_DTYPE[layer], "crs": grid.crs,
                "transform": grid.chunk_transform(chunk), "nodata": NODATA[layer]}
-    _, colormap = cog_metadata(layer, contract, chunk)
+    tags, colormap = cog_metadata(layer, contract, chunk)
     with MemoryFile() as memfile:
         with memfile.open(**profile) as mem:
             mem.write(data.astype(COG_DTYPE[layer]), 1)
             mem.set_band_description(1, layer)
+            # As rio-cogeo records it (the overview COGs still go through rio-cogeo).
+            mem.update_tags(**tags, OVERVIEW_RESAMPLING=RESAMPLING[layer].upper())
             if colormap is not None:
                 mem.write_colormap(1, colormap)
         with memfile.open() as src:
             # TIFF blocks are multiples of 16 px; a block may reach past a small chunk.
-            translate_cog(src, layer, contract, chunk, dst_path,
-                          min(512, -(-grid.chunk_size // 16) * 16))
+            copy_to_cog(src, dst_path, min(512, -(-grid.chunk_size // 16) * 16),
+                        RESAMPLING[layer])
 
 
 def cog_uri(out: str, layer: str, chunk: ChunkId) -> str:
@@ -245,17 +260,10 @@ def encode_probabilities(data: np.ndarray, grid: OutputGrid, chunk: ChunkId,
                 mem.set_band_description(band, name)
             mem.scales = (1 / PROBABILITY_SCALE,) * data.shape[0]
             mem.offsets = (0.0,) * data.shape[0]
+            mem.update_tags(layer=PROBABILITIES, chunk=chunk.key, OVERVIEW_RESAMPLING="AVERAGE",
+                            class_names=json.dumps(list(contract.class_names)))
         with memfile.open() as src:
-            tags = {"layer": PROBABILITIES, "chunk": chunk.key,
-                    "class_names": json.dumps(list(contract.class_names))}
-            cog_profile = dict(cog_profiles.get("deflate"), compress="ZSTD", zstd_level=3,
-                               blockxsize=min(512, -(-grid.chunk_size // 16) * 16),
-                               blockysize=min(512, -(-grid.chunk_size // 16) * 16))
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "Non-standard compression", UserWarning)
-                cog_translate(src, str(dst_path), cog_profile, overview_resampling="average",
-                              additional_cog_metadata=tags, quiet=True, in_memory=True,
-                              config={"GDAL_NUM_THREADS": "1"})
+            copy_to_cog(src, dst_path, min(512, -(-grid.chunk_size // 16) * 16), "average")
 
 
 # ------------------------------------------------------------------------------------------
