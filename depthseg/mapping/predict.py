@@ -102,6 +102,13 @@ class ChunkPredictor:
         inference_autocast(precision, self.device)  # an unknown precision fails here, once
         self.precision = precision
         self.model = model.to(self.device).eval()
+        # On the CPU oneDNN's convolutions (the DPT head and the decoder: about a third of a
+        # ViT-S forward) run in channels-last memory without reordering every input: the
+        # forward took 0.97 s per 518 px tile against 1.12-1.17 s (2-core Xeon), with the
+        # same outputs to 1e-7. CUDA keeps its layout (not measured there).
+        self.channels_last = self.device.type == "cpu"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.contract = contract
         self.tiles = tiles
         self.batch_size = batch_size
@@ -129,6 +136,8 @@ class ChunkPredictor:
         if batch.dtype not in (torch.uint8,):
             batch = batch.to(torch.int32)
         images = normalize(batch, self.contract.mean, self.contract.std)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         count = images.shape[0]
         probs_parts, depth_parts = [], []
         with torch.inference_mode(), inference_autocast(self.precision, self.device):

@@ -149,6 +149,24 @@ def test_cpu_passes_are_sized_to_the_tile_and_do_not_change_the_result() -> None
     np.testing.assert_allclose(a.depth.astype(np.float32), b.depth.astype(np.float32), atol=1e-3)
     assert passes.tiles_run == whole.tiles_run > 8
 
+def test_cpu_predictor_runs_the_model_as_the_model_runs_itself(bundle_uint8: str) -> None:
+    """Channels-last memory and the finest depth only: the model's own outputs, unchanged."""
+    from depthseg.io.bundle import load_bundle
+    from depthseg.model import normalize
+
+    bundle = load_bundle(bundle_uint8)
+    tiles = np.random.default_rng(3).integers(0, 255, size=(3, 3, 70, 98)).astype(np.uint8)
+    with torch.inference_mode():
+        images = normalize(torch.from_numpy(tiles), bundle.contract.mean, bundle.contract.std)
+        expected = bundle.model.eval()(images)
+    predictor = ChunkPredictor(bundle.model, bundle.contract, TileSpec(70, 14), batch_size=3)
+    assert predictor.channels_last
+    probs, depth = predictor.predict_tiles(tiles)
+    torch.testing.assert_close(probs, torch.softmax(expected.logits, dim=1), atol=1e-5, rtol=0)
+    assert depth is not None
+    torch.testing.assert_close(depth, expected.depths[0], atol=1e-5, rtol=0)
+
+
 def test_device_blender_equals_the_host_blender() -> None:
     """Predict blends on the model's device; the result is the geo Blender's weighted mean."""
     from depthseg.geo import Blender
