@@ -125,16 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     _run(["jobs/evaluate.py", "--model", str(bundle), "--chips", str(chip_store),
           "--split", "test", "--out", str(out / "eval")])
 
-    _step("map: the synthetic RGB region with the trained bundle")
+    _step("map: the synthetic RGB region with the trained bundle, on a local Ray (Ray Data)")
     minx, miny, maxx, maxy = rasterio_bounds(rgb.labels)
     _run(["jobs/map_region.py", "--bbox", *map(str, (minx, miny, maxx, maxy)),
           "--bbox-crs", rgb.crs, "--crs", rgb.crs, "--imagery", str(rgb.scenes[0].parent),
           "--model", str(bundle), "--out", str(out / "map"), "--chunk", "896",
-          "--tile", "252", "--overlap", "28"])
+          "--tile", "252", "--overlap", "28", "--executor", "ray"])
 
     real = REPO_ROOT.parent / "shared" / "data" / "real" / "worldview3_lasvegas_rgb_0.27m.tif"
     if real.is_file():
-        _step("map: the real WorldView-3 sample (Las Vegas, 0.27 m, EPSG:26911)")
+        _step("map: the real WorldView-3 sample (Las Vegas, 0.27 m, EPSG:26911), in this process")
         info = describe_scene(str(real), Storage())
         minx, miny, maxx, maxy = info.bounds
         _run(["jobs/map_region.py", "--bbox", *map(str, (minx, miny, maxx, maxy)),
