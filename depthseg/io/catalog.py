@@ -290,16 +290,21 @@ def composite(scenes: Sequence[Scene], storage: Storage, crs: str, transform: Af
     Mapping's read tasks call this with the scenes the planner found for their chunk, so a
     task never holds the whole catalog.
     """
-    pixels = np.zeros((len(bands), height, width), dtype=dtype)
+    pixels: np.ndarray | None = None
     filled = np.zeros((height, width), dtype=bool)
     for scene in scenes:
         scene_pixels, scene_valid = read_scene(scene, storage, crs, transform, height, width,
                                                bands, resampling)
-        take = scene_valid & ~filled
-        pixels[:, take] = scene_pixels[:, take]
-        filled |= take
+        if pixels is None:  # the first scene: taken whole (it holds 0 where it has no data)
+            pixels, filled = scene_pixels.astype(dtype, copy=False), scene_valid.copy()
+        else:
+            take = scene_valid & ~filled
+            np.copyto(pixels, scene_pixels, where=take, casting="unsafe")
+            filled |= take
         if filled.all():
             break
+    if pixels is None:
+        pixels = np.zeros((len(bands), height, width), dtype=dtype)
     return pixels, filled
 
 

@@ -127,7 +127,8 @@ def read_scene(scene: Scene, storage: Storage, crs: str, transform: Affine, heig
 
     pixels, valid = read_with_retries(direct if offset is not None else warped, path,
                                       f"scene {scene.uri!r}")
-    pixels[:, ~valid] = 0
+    if not valid.all():
+        pixels *= valid  # 0 where invalid (a multiply: boolean indexing was 10x slower)
     return pixels, valid
 
 

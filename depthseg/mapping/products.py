@@ -106,14 +106,14 @@ def downsample(layer: str, data: np.ndarray, factor: int) -> np.ndarray:
 
     Land cover: the most frequent class of each block (ties: the lowest class id), 255 where
     the block has no valid pixel. Confidence and depth: the mean of the block's valid pixels
-    (confidence rounded half up to uint8), no-data where it has none. One ``bincount`` pass
-    over the pixels per layer.
+    (confidence rounded half up to uint8), no-data where it has none. One pass over the
+    pixels per layer.
     """
     shape = (data.shape[0] // factor, data.shape[1] // factor)
-    blocks = shape[0] * shape[1]
-    ids = _block_ids(data.shape, factor)
-    flat = data.ravel()
     if layer == "landcover":
+        blocks = shape[0] * shape[1]
+        ids = _block_ids(data.shape, factor)
+        flat = data.ravel()
         valid = flat != LANDCOVER_NODATA
         classes = int(flat[valid].max(initial=0)) + 1
         counts = np.bincount(ids[valid] * classes + flat[valid], minlength=blocks * classes)
@@ -121,18 +121,19 @@ def downsample(layer: str, data: np.ndarray, factor: int) -> np.ndarray:
         mode = counts.argmax(axis=1).astype(np.uint8)
         return np.where(counts.sum(axis=1) > 0, mode, LANDCOVER_NODATA).reshape(shape).astype(
             np.uint8)
-    if layer == "confidence":
-        valid = flat != CONFIDENCE_NODATA
-        count = np.bincount(ids, weights=valid, minlength=blocks)
-        total = np.bincount(ids, weights=flat.astype(np.float64), minlength=blocks)
+    # Means over (rows / f, f, cols / f, f) views: exact sums (uint8 in int64, float16 in
+    # float64), equal to the bincounts and about half their time.
+    grouped = (shape[0], factor, shape[1], factor)
+    if layer == "confidence":  # no data is 0, so it adds nothing to the sum
+        count = (data != CONFIDENCE_NODATA).reshape(grouped).sum(axis=(1, 3))
+        total = data.reshape(grouped).sum(axis=(1, 3), dtype=np.int64)
         mean = np.floor(total / np.maximum(count, 1) + 0.5)
-        return np.where(count > 0, mean, CONFIDENCE_NODATA).reshape(shape).astype(np.uint8)
-    values = flat.astype(np.float64)
-    valid = np.isfinite(values)
-    count = np.bincount(ids, weights=valid, minlength=blocks)
-    total = np.bincount(ids, weights=np.where(valid, values, 0.0), minlength=blocks)
+        return np.where(count > 0, mean, CONFIDENCE_NODATA).astype(np.uint8)
+    valid = np.isfinite(data)
+    count = valid.reshape(grouped).sum(axis=(1, 3))
+    total = np.where(valid, data, 0).reshape(grouped).sum(axis=(1, 3), dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / count, np.nan).reshape(shape).astype(np.float16)
+        return np.where(count > 0, total / count, np.nan).astype(np.float16)
 
 
 def valid_counts(landcover: np.ndarray, factor: int) -> np.ndarray:
