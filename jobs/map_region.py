@@ -4,9 +4,9 @@ The command lives in the package (:mod:`depthseg.mapping.cli`, also ``python -m
 depthseg.mapping.cli``) so that an installed depthseg maps without this checkout.
 """
 
-import sys
+from depthseg.mapping.cli import main, run
 
-from depthseg.mapping.cli import main
+__all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
