@@ -115,8 +115,10 @@ def downsample(layer: str, data: np.ndarray, factor: int) -> np.ndarray:
         ids = _block_ids(data.shape, factor)
         flat = data.ravel()
         valid = flat != LANDCOVER_NODATA
-        classes = int(flat[valid].max(initial=0)) + 1
-        counts = np.bincount(ids[valid] * classes + flat[valid], minlength=blocks * classes)
+        whole = bool(valid.all())  # the usual chunk: no boolean indexing needed
+        classes = int(flat.max() if whole else flat[valid].max(initial=0)) + 1
+        keys = ids * classes + flat
+        counts = np.bincount(keys if whole else keys[valid], minlength=blocks * classes)
         counts = counts.reshape(blocks, classes)
         mode = counts.argmax(axis=1).astype(np.uint8)
         return np.where(counts.sum(axis=1) > 0, mode, LANDCOVER_NODATA).reshape(shape).astype(
