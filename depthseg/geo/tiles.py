@@ -281,8 +281,8 @@ def trim_tiles(layout: TileLayout, valid: np.ndarray, halo: int,
     windows = []
     for row, col in offsets:
         part = inner[row:row + tile, col:col + tile]
-        row_start, height = _trimmed_axis(part.any(axis=1), tile, overlap, least, patch)
-        col_start, width = _trimmed_axis(part.any(axis=0), tile, overlap, least, patch)
+        row_start, height = _trimmed_axis(np.any(part, axis=1), tile, overlap, least, patch)
+        col_start, width = _trimmed_axis(np.any(part, axis=0), tile, overlap, least, patch)
         windows.append(TileWindow(row + row_start, col + col_start, height, width))
     return windows
 
