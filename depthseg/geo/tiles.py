@@ -184,6 +184,14 @@ def lattice_chunk_size(tile: int, overlap: int, batch_size: int = 8,
     return best * stride
 
 
+def _inner_valid(valid: np.ndarray, halo: int) -> np.ndarray:
+    """``valid`` with the halo cleared: the pixels a chunk's tiles must map."""
+    rows, cols = valid.shape
+    inner = np.zeros(valid.shape, dtype=bool)
+    inner[halo:rows - halo, halo:cols - halo] = valid[halo:rows - halo, halo:cols - halo]
+    return inner
+
+
 def select_tiles(layout: TileLayout, valid: np.ndarray, halo: int,
                  margin: int | None = None) -> list[TileOffset]:
     """The tiles of ``layout`` a chunk needs: none that only sees no-data, none redundant.
@@ -204,9 +212,7 @@ def select_tiles(layout: TileLayout, valid: np.ndarray, halo: int,
     """
     margin = layout.overlap // 4 if margin is None else margin
     tile = layout.tile
-    rows, cols = valid.shape
-    inner = np.zeros(valid.shape, dtype=bool)
-    inner[halo:rows - halo, halo:cols - halo] = valid[halo:rows - halo, halo:cols - halo]
+    inner = _inner_valid(valid, halo)
     windows = {o: (slice(o.row_off, o.row_off + tile), slice(o.col_off, o.col_off + tile))
                for o in layout.offsets}
     core = {o: (slice(o.row_off + margin, o.row_off + tile - margin),
@@ -275,9 +281,7 @@ def trim_tiles(layout: TileLayout, valid: np.ndarray, halo: int,
     """
     tile, overlap = layout.tile, layout.overlap
     least = max(2 * overlap, patch)
-    rows, cols = valid.shape
-    inner = np.zeros(valid.shape, dtype=bool)
-    inner[halo:rows - halo, halo:cols - halo] = valid[halo:rows - halo, halo:cols - halo]
+    inner = _inner_valid(valid, halo)
     windows = []
     for row, col in offsets:
         part = inner[row:row + tile, col:col + tile]

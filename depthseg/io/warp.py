@@ -128,7 +128,7 @@ def read_scene(scene: Scene, storage: Storage, crs: str, transform: Affine, heig
     pixels, valid = read_with_retries(direct if offset is not None else warped, path,
                                       f"scene {scene.uri!r}")
     if not valid.all():
-        pixels *= valid  # 0 where invalid (a multiply: boolean indexing was 10x slower)
+        pixels *= valid  # 0 where invalid (a multiply: boolean indexing was 6x slower)
     return pixels, valid
 
 
